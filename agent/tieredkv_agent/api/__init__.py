@@ -1,0 +1,1 @@
+"""The node socket API: protocol, server and client. Never imports torch."""

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Build kube-apiserver, kube-controller-manager and kube-scheduler v1.20.2 offline from Debian bookworm's
+# source package `kubernetes`, with Debian's Go. The result is cached outside the repository; when the three
+# binaries are already there and report v1.20.2 this script does nothing.
+#
+# usage: hack/build-kube.sh [OUT_DIR]     (default: $TIEREDKV_CACHE/kube-1.20.2, TIEREDKV_CACHE=~/.cache/tieredkv)
+set -euo pipefail
+
+KUBE_VERSION=v1.20.2
+CACHE=${TIEREDKV_CACHE:-$HOME/.cache/tieredkv}
+OUT=${1:-$CACHE/kube-1.20.2}
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+
+built() {
+  local b
+  for b in "${BINARIES[@]}"; do
+    [ -x "$OUT/$b" ] || return 1
+    "$OUT/$b" --version 2>/dev/null | grep -qx "Kubernetes $KUBE_VERSION" || return 1
+  done
+}
+
+if built; then
+  echo "kube $KUBE_VERSION binaries present in $OUT"
+  exit 0
+fi
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tieredkv-kube-build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+started=$(date +%s)
+
+# Toolchain: Go 1.19 from bookworm plus reflect2 1.0.2 (the vendored 1.0.1 faults under Go >= 1.18 on the
+# first custom-object write).
+if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/modern-go/reflect2 ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "need root to apt-get install golang-go (or install it yourself)" >&2; exit 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends golang-go make rsync golang-github-modern-go-reflect2-dev
+fi
+
+# Fetch the source package through a private apt state so /etc/apt stays untouched.
+APT="$WORK/apt"
+mkdir -p "$APT/lists/partial" "$APT/parts" "$APT/cache/archives/partial"
+if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$APT/parts/src.sources"
+else
+  sed -n 's/^deb /deb-src /p' /etc/apt/sources.list >"$APT/parts/src.list"
+fi
+APT_OPTS=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$APT/parts"
+          -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache")
+apt-get "${APT_OPTS[@]}" update -qq
+(cd "$WORK" && apt-get "${APT_OPTS[@]}" source --download-only -qq kubernetes 2>&1 \
+  | grep -v 'unsandboxed' || true)
+tar -C "$WORK" -xzf "$WORK"/kubernetes_*.orig.tar.gz
+SRC="$WORK/kubernetes-1.20.2"
+
+REFLECT2="$SRC/vendor/github.com/modern-go/reflect2"
+rm -f "$REFLECT2"/*.go "$REFLECT2"/*.s
+cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
+   /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$REFLECT2"/
+
+mkdir -p "$SRC/.go/src/k8s.io"
+ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
+(
+  cd "$SRC"
+  export GOPATH="$SRC/.go" CGO_ENABLED=0 GOFLAGS=-mod=vendor GOPROXY=off HOME="$WORK/home"
+  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler"
+)
+for b in "${BINARIES[@]}"; do
+  install -m 0755 "$SRC/_output/local/bin/linux/amd64/$b" "$OUT/$b"
+done
+built || { echo "build finished but binaries do not report $KUBE_VERSION" >&2; exit 1; }
+echo "built kube $KUBE_VERSION into $OUT in $(( $(date +%s) - started ))s"
