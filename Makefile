@@ -1,0 +1,75 @@
+# tieredkv — the two commands a new machine needs are `make demo` and `make test`; the rest are parts.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TIEREDKV_CACHE ?= $(HOME)/.cache/tieredkv
+export TIEREDKV_CACHE
+export PYTHONPATH := $(CURDIR)/hack
+# pytest exits 5 when a tier collected nothing (e.g. no GPU tests yet): not a failure.
+PYTEST_TIER = $(BIN)/pytest -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+.PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test \
+        cluster-up cluster-down cluster-status demo demo-down crds clean
+
+help:
+	@echo "make demo          bring up the local control plane and install tieredkv into it"
+	@echo "make test          everything CI runs: ruff, mypy --strict, import-linter, unit, k8s, gpu tests"
+	@echo "make cluster-up | cluster-down | cluster-status   the local control plane alone"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # first: the local CPU wheel, never a CUDA build
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+kube:
+	bash hack/build-kube.sh
+
+tools: venv
+	PYTHON=$(BIN)/python bash hack/get-tools.sh
+
+deps: venv kube tools
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy operator/tieredkv_operator agent/tieredkv_agent hack/tieredkv_devcluster
+
+imports: venv
+	$(BIN)/lint-imports --no-cache
+
+test-unit: venv
+	@set +e; $(PYTEST_TIER) tests/unit -m unit -q
+
+test-k8s: deps
+	@set +e; $(PYTEST_TIER) tests/k8s -m k8s -q
+
+test-gpu: venv
+	@set +e; $(PYTEST_TIER) tests/gpu -m gpu -q
+
+test: lint typecheck imports test-unit test-k8s test-gpu
+
+cluster-up: deps
+	$(BIN)/python -m tieredkv_devcluster up
+
+cluster-down: venv
+	$(BIN)/python -m tieredkv_devcluster down
+
+cluster-status: venv
+	$(BIN)/python -m tieredkv_devcluster status
+
+demo: cluster-up
+	$(BIN)/python -m tieredkv_devcluster demo
+
+demo-down: cluster-down
+
+clean: cluster-down
+	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,63 @@
+"""Entry point of the node simulator process (`python -m tieredkv_devcluster sim`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tieredkv_devcluster.paths import StateLayout
+from tieredkv_devcluster.sim import nodes, storage
+from tieredkv_devcluster.sim.pods import PodController
+
+log = logging.getLogger("sim")
+
+
+def run(state_dir: Path, node_count: int) -> int:
+    """Main thread: register nodes and the StorageClass, start the loops, wait for SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    layout = StateLayout(state_dir)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def api_factory() -> client.ApiClient:
+        return config.new_client_from_config(config_file=str(layout.kubeconfig))
+
+    api = api_factory()
+    core = client.CoreV1Api(api)
+    names = nodes.ensure_nodes(core, node_count)
+    storage.ensure_storage_class(client.StorageV1Api(api))
+    port = int(json.loads(layout.state_file.read_text())["ports"]["apiserver"])
+    pods = PodController(api_factory, layout, names, port)
+    threads = [
+        threading.Thread(target=pods.watch_loop, args=(stop,), name="pod-watch", daemon=True),
+        threading.Thread(target=pods.worker_loop, args=(stop,), name="pod-worker", daemon=True),
+        threading.Thread(target=storage.loop, args=(client.CoreV1Api(api_factory()), layout.volumes, stop),
+                         name="provisioner", daemon=True),  # fmt: skip
+    ]
+    for t in threads:
+        t.start()
+    _wait_default_service_account(core, stop)
+    (layout.root / "sim.ready").write_text(f"{time.time()}\n")
+    log.info("node simulator ready: %s", ", ".join(names))
+    stop.wait()
+    log.info("stopping local pods")
+    pods.stop_all()
+    return 0
+
+
+def _wait_default_service_account(core: client.CoreV1Api, stop: threading.Event) -> None:
+    """Pods cannot be created before kube-controller-manager made the `default` ServiceAccount."""
+    while not stop.is_set():
+        try:
+            core.read_namespaced_service_account("default", "default")
+            return
+        except ApiException:
+            stop.wait(0.2)

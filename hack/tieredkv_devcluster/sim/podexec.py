@@ -1,0 +1,64 @@
+"""Exec one container's command inside a private mount namespace with its volumes bind-mounted.
+
+Run by the pod supervisor as `python -m tieredkv_devcluster.sim.podexec PLAN.json`; it becomes the
+container process (execvpe), so its PID is the one the supervisor records. Needs root (CAP_SYS_ADMIN).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x20, 0x1000, 0x4000, 0x40000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    src = source.encode() if source else None
+    _check(_libc.mount(src, target.encode(), None, flags, None), f"mount {source} -> {target}")
+
+
+def enter_namespace(mounts: list[dict[str, object]]) -> None:
+    """unshare(CLONE_NEWNS), make / private, then bind every mount (read-only where asked)."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS) (the simulator needs root)")
+    _mount(None, "/", MS_REC | MS_PRIVATE)
+    for m in mounts:
+        source, target = str(m["source"]), str(m["target"])
+        if os.path.normpath(target) == "/":
+            raise OSError(f"refusing to mount over / ({source})")
+        if Path(source).is_dir():
+            Path(target).mkdir(parents=True, exist_ok=True)
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).touch(exist_ok=True)
+        _mount(source, target, MS_BIND | MS_REC)
+        if m.get("read_only"):
+            _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def main(argv: list[str]) -> int:
+    plan = json.loads(Path(argv[1]).read_text())
+    try:
+        enter_namespace(plan["mounts"])
+        if plan.get("workdir"):
+            os.chdir(plan["workdir"])
+        os.execvpe(plan["argv"][0], plan["argv"], plan["env"])
+    except OSError as exc:
+        print(f"tieredkv-sim: cannot start container: {exc}", file=sys.stderr, flush=True)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    return 0  # pragma: no cover - execvpe does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,213 @@
+"""The simulated kubelets' pod loop: watch pods bound to simulated nodes, report their status, run the
+opted-in ones locally, and finish deletions (which a real kubelet does).
+
+Threads: `watch_loop` (one) keeps a cache of pods and queues keys; `worker_loop` (one) handles queued
+keys one at a time; each local pod has a `PodRunner` thread; each deletion of a local pod runs in a
+short-lived thread so a long grace period stalls nobody else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from tieredkv_devcluster.paths import StateLayout
+from tieredkv_devcluster.sim import RUN_ANNOTATION, podstatus
+from tieredkv_devcluster.sim.plan import Obj, PodDirs
+from tieredkv_devcluster.sim.supervisor import PodRunner, _now
+
+log = logging.getLogger("sim.pods")
+
+
+class ApiLookup:
+    """`Lookup` backed by the API server (called from runner threads)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api, self.core = api, client.CoreV1Api(api)
+
+    def _get(self, fn: Any, *args: str) -> Obj | None:
+        try:
+            obj: Obj = self.api.sanitize_for_serialization(fn(*args))
+            return obj
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def secret(self, namespace: str, name: str) -> Obj | None:
+        obj = self._get(self.core.read_namespaced_secret, name, namespace)
+        if obj is not None:
+            obj.setdefault("kind", "Secret")
+        return obj
+
+    def config_map(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.core.read_namespaced_config_map, name, namespace)
+
+    def pvc(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+
+    def pv(self, name: str) -> Obj | None:
+        return self._get(self.core.read_persistent_volume, name)
+
+
+class PodController:
+    def __init__(self, api_factory: Any, layout: StateLayout, nodes: list[str], apiserver_port: int) -> None:
+        self.api_factory, self.layout, self.nodes = api_factory, layout, nodes
+        self.apiserver_port = apiserver_port
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.cache: dict[str, Obj] = {}
+        self.runners: dict[str, PodRunner] = {}
+        self.reported: dict[str, Obj] = {}
+        self.ips: dict[str, str] = {}
+        self.since: dict[str, str] = {}
+        self.deleting: set[str] = set()
+        self._lock = threading.Lock()
+        self._ip_counter = 0
+
+    # -- watch ------------------------------------------------------------------------------------
+    def watch_loop(self, stop: threading.Event) -> None:
+        api = self.api_factory()
+        core = client.CoreV1Api(api)
+        while not stop.is_set():
+            try:
+                listing = core.list_pod_for_all_namespaces()
+                fresh = {self._key(p): p for p in (api.sanitize_for_serialization(x) for x in listing.items)}
+                with self._lock:
+                    gone = set(self.cache) - set(fresh)
+                    self.cache = fresh
+                for key in [*fresh, *gone]:
+                    self.queue.put(key)
+                rv = listing.metadata.resource_version
+                for event in watch.Watch().stream(core.list_pod_for_all_namespaces, resource_version=rv,
+                                                  timeout_seconds=120):  # fmt: skip
+                    if stop.is_set():
+                        return
+                    pod = api.sanitize_for_serialization(event["object"])
+                    key = self._key(pod)
+                    with self._lock:
+                        if event["type"] == "DELETED":
+                            self.cache.pop(key, None)
+                        else:
+                            self.cache[key] = pod
+                    self.queue.put(key)
+            except Exception as exc:  # noqa: BLE001 - relist on any watch failure (410 Gone included)
+                if not stop.is_set():
+                    log.warning("pod watch restarting: %s", exc)
+                    stop.wait(1.0)
+
+    @staticmethod
+    def _key(pod: Obj) -> str:
+        return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+    # -- worker -----------------------------------------------------------------------------------
+    def worker_loop(self, stop: threading.Event) -> None:
+        core = client.CoreV1Api(self.api_factory())
+        while not stop.is_set():
+            try:
+                key = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._handle(core, key)
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    log.warning("pod %s: %s %s", key, exc.status, exc.reason)
+                    threading.Timer(1.0, self.queue.put, (key,)).start()
+            except Exception:
+                log.exception("pod %s: unexpected error", key)
+
+    def _handle(self, core: client.CoreV1Api, key: str) -> None:
+        with self._lock:
+            pod = self.cache.get(key)
+        if pod is None:
+            self._forget(key)
+            return
+        node = pod["spec"].get("nodeName")
+        if node not in self.nodes:
+            return
+        uid = pod["metadata"]["uid"]
+        if pod["metadata"].get("deletionTimestamp"):
+            self._delete(core, key, pod)
+            return
+        local = (pod["metadata"].get("annotations") or {}).get(RUN_ANNOTATION) == "local"
+        ip = self._ip(uid, node)
+        since = self.since.setdefault(uid, _now())
+        if local and uid not in self.runners:
+            pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": ip, "hostIP": "127.0.0.1"}}
+            self._start_runner(key, pod, node)
+        if local:
+            status = podstatus.local_status(pod, self.runners[uid], ip, "127.0.0.1", since)
+        else:
+            status = podstatus.plain_status(pod, ip, "127.0.0.1", since)
+        if podstatus.comparable(status) != self.reported.get(uid):
+            core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"],
+                                             {"status": status})  # fmt: skip
+            self.reported[uid] = podstatus.comparable(status)
+
+    def _ip(self, uid: str, node: str) -> str:
+        if uid not in self.ips:
+            self._ip_counter += 1
+            n = self._ip_counter
+            self.ips[uid] = f"127.{100 + self.nodes.index(node)}.{(n // 250) % 250}.{n % 250 + 1}"
+        return self.ips[uid]
+
+    def _start_runner(self, key: str, pod: Obj, node: str) -> None:
+        uid = pod["metadata"]["uid"]
+        venv_bin = str(Path(sys.executable).parent)
+        base_env = {
+            "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
+            "HOSTNAME": pod["metadata"]["name"],
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.apiserver_port),
+        }
+        dirs = PodDirs(pod_root=self.layout.pods / uid, node_root=self.layout.nodes / node / "hostpath")
+        runner = PodRunner(pod, ApiLookup(self.api_factory()), dirs, base_env, lambda: self.queue.put(key))
+        self.runners[uid] = runner
+        runner.start()
+
+    def _delete(self, core: client.CoreV1Api, key: str, pod: Obj) -> None:
+        """Finish a deletion the way a kubelet does: stop containers, then remove the object."""
+        uid = pod["metadata"]["uid"]
+        if uid in self.deleting:
+            return
+        self.deleting.add(uid)
+        grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 0)
+        runner = self.runners.pop(uid, None)
+
+        def finish() -> None:
+            if runner is not None:
+                runner.stop(grace=min(grace, 30.0))
+            try:
+                core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"],
+                                           body=client.V1DeleteOptions(grace_period_seconds=0,
+                                                                       preconditions={"uid": uid}))  # fmt: skip
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    log.warning("delete %s: %s", key, exc.reason)
+            self.deleting.discard(uid)
+
+        threading.Thread(target=finish, name=f"delete-{key}", daemon=True).start()
+
+    def _forget(self, key: str) -> None:
+        """The pod is gone from the API (force-deleted, or finished): stop anything left of it."""
+        for uid, runner in list(self.runners.items()):
+            if self._key(runner.pod) == key:
+                self.runners.pop(uid)
+                threading.Thread(target=runner.stop, args=(5.0,), daemon=True).start()
+
+    def stop_all(self) -> None:
+        threads = [threading.Thread(target=r.stop, args=(10.0,)) for r in self.runners.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()

@@ -1,0 +1,124 @@
+"""Pure mapping of a pod's volumes to local directories or files, and of volumeMounts to bind mounts.
+
+hostPath volumes live under the node's own directory (two simulated nodes never share a hostPath);
+PVC volumes resolve to their bound PV's directory (shared by every node: one machine, so RWX holds);
+emptyDir, Secret, ConfigMap, downwardAPI and projected volumes get a per-pod directory whose file
+contents are returned for the caller to write.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+from typing import Any
+
+from tieredkv_devcluster.sim.plan import Lookup, Mount, Obj, PlanError, PodDirs, _source_data, field_ref
+
+_FILE_TYPES = {"File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"}
+
+
+def host_path(dirs: PodDirs, path: str) -> Path:
+    """Where hostPath `path` of this pod's node lives locally."""
+    norm = posixpath.normpath("/" + path).lstrip("/")
+    return dirs.node_root / norm
+
+
+def _projected_files(pod: Obj, lookup: Lookup, sources: list[Obj]) -> dict[str, bytes]:
+    ns = pod["metadata"]["namespace"]
+    files: dict[str, bytes] = {}
+    for src in sources:
+        for kind in ("secret", "configMap"):
+            if kind not in src:
+                continue
+            ref = src[kind]
+            data = _source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional"))) or {}
+            items = ref.get("items")
+            if items:
+                for it in items:
+                    if it["key"] not in data:
+                        raise PlanError("ContainerCreating", f"key {it['key']} not in {kind} {ref['name']}")
+                    files[it["path"]] = data[it["key"]]
+            else:
+                files.update(data)
+        if "downwardAPI" in src:
+            for it in src["downwardAPI"].get("items") or []:
+                if "fieldRef" in it:
+                    files[it["path"]] = field_ref(pod, it["fieldRef"]["fieldPath"]).encode()
+        if "serviceAccountToken" in src:
+            raise PlanError("UnsupportedVolume", "projected serviceAccountToken is not emulated")
+    return files
+
+
+def volume_sources(pod: Obj, lookup: Lookup, dirs: PodDirs) -> dict[str, Path]:
+    """Local path of every volume of the pod; fills `dirs.files` with content to materialise."""
+    ns = pod["metadata"]["namespace"]
+    out: dict[str, Path] = {}
+    for vol in pod["spec"].get("volumes") or []:
+        name = vol["name"]
+        own = dirs.pod_root / "volumes" / name
+        if "hostPath" in vol:
+            out[name] = host_path(dirs, vol["hostPath"]["path"])
+        elif "persistentVolumeClaim" in vol:
+            out[name] = _pvc_path(lookup, ns, vol["persistentVolumeClaim"]["claimName"])
+        elif "emptyDir" in vol:
+            out[name] = own
+        elif "secret" in vol or "configMap" in vol:
+            kind = "secret" if "secret" in vol else "configMap"
+            ref = dict(vol[kind])
+            ref["name"] = ref.get("secretName") or ref.get("name")
+            dirs.files[name] = _projected_files(pod, lookup, [{kind: ref}])
+            out[name] = own
+        elif "downwardAPI" in vol:
+            dirs.files[name] = _projected_files(pod, lookup, [{"downwardAPI": vol["downwardAPI"]}])
+            out[name] = own
+        elif "projected" in vol:
+            dirs.files[name] = _projected_files(pod, lookup, vol["projected"].get("sources") or [])
+            out[name] = own
+        else:
+            kinds = sorted(k for k in vol if k != "name")
+            raise PlanError("UnsupportedVolume", f"volume {name}: type {kinds} is not emulated")
+    return out
+
+
+def _pvc_path(lookup: Lookup, ns: str, claim: str) -> Path:
+    pvc = lookup.pvc(ns, claim)
+    if pvc is None:
+        raise PlanError("ContainerCreating", f"persistentvolumeclaim {claim!r} not found")
+    pv_name = (pvc.get("spec") or {}).get("volumeName")
+    if not pv_name or (pvc.get("status") or {}).get("phase") != "Bound":
+        raise PlanError("ContainerCreating", f"persistentvolumeclaim {claim!r} is not bound yet")
+    pv = lookup.pv(pv_name)
+    path = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
+    if not path:
+        raise PlanError("UnsupportedVolume", f"PV {pv_name} is not a hostPath/local-sim volume")
+    return Path(path)
+
+
+def container_mounts(pod: Obj, container: Obj, sources: dict[str, Path]) -> list[Mount]:
+    """volumeMounts as bind mounts (subPath resolved inside the volume, never outside it)."""
+    mounts = []
+    for vm in container.get("volumeMounts") or []:
+        if vm["name"] not in sources:
+            raise PlanError("CreateContainerConfigError", f"volumeMount {vm['name']} names no volume")
+        src = sources[vm["name"]]
+        sub = vm.get("subPath")
+        if sub:
+            norm = posixpath.normpath(sub)
+            if norm.startswith("..") or norm.startswith("/"):
+                raise PlanError("CreateContainerConfigError", f"subPath {sub!r} leaves the volume")
+            src = src / norm
+        mounts.append(Mount(source=str(src), target=vm["mountPath"], read_only=bool(vm.get("readOnly"))))
+    return mounts
+
+
+def host_path_kind(pod: Obj, volume_name: str) -> str:
+    """The hostPath `type` of a volume ('' when unset)."""
+    for vol in pod["spec"].get("volumes") or []:
+        if vol["name"] == volume_name and "hostPath" in vol:
+            kind: Any = vol["hostPath"].get("type", "")
+            return str(kind)
+    return ""
+
+
+def is_file_type(kind: str) -> bool:
+    return kind in _FILE_TYPES

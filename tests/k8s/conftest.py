@@ -1,0 +1,63 @@
+"""Fixtures of the k8s tier: one real control plane per session, one namespace per test.
+
+KUBECONFIG is pinned here, before any test module imports `kubernetes` (whose default config path is
+read at import time), so a user's own cluster is never touched without TIEREDKV_USE_EXISTING_CLUSTER=1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tieredkv_devcluster import testing
+
+if not testing.use_existing():
+    _PINNED = Path(tempfile.mkdtemp(prefix="tieredkv-kubeconfig-")) / "kubeconfig"
+    os.environ["KUBECONFIG"] = str(_PINNED)
+
+from kubernetes import client, config  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("TIEREDKV_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "tieredkv-test-dumps"))
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[testing.TestCluster]:
+    with testing.session_cluster(nodes=2) as cluster:
+        if not testing.use_existing():
+            shutil.copyfile(cluster.kubeconfig, _PINNED)
+        yield cluster
+
+
+@pytest.fixture
+def api(kube: testing.TestCluster) -> Iterator[client.ApiClient]:
+    with config.new_client_from_config(config_file=str(kube.kubeconfig)) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture
+def ns(request: pytest.FixtureRequest, kube: testing.TestCluster, core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace for the test; on failure, its objects, events and process logs are dumped."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"tieredkv.io/test": "true"}}})
+    # Pods are refused until the token controller gave the default ServiceAccount its token Secret.
+    testing.wait_for(lambda: core.read_namespaced_service_account("default", name).secrets, 30,
+                     "the default ServiceAccount's token")  # fmt: skip
+    yield name
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        where = testing.dump_namespace(kube, name, ARTIFACTS / name)
+        print(f"\n[tieredkv] state of namespace {name} dumped to {where}")
+    core.delete_namespace(name)
