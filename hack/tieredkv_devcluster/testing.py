@@ -71,10 +71,12 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - remembered for the error message
+        except Exception as exc:
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
 
 
 _DUMP_KINDS = "all,configmaps,secrets,pvc,serviceaccounts,roles,rolebindings,leases,events"

@@ -16,7 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator until SIGTERM")
     scope = run.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
+    scope.add_argument(
+        "--namespace", action="append", default=[], help="watch only this namespace (repeatable)"
+    )
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
     run.add_argument("--standalone", action="store_true", help="no peering: act even if other operators run")
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
@@ -36,10 +38,11 @@ def _run(args: argparse.Namespace) -> int:
     from tieredkv_operator import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=False)
+    namespaces: list[str] = args.namespace
     kopf.run(
         standalone=args.standalone,
-        namespaces=args.namespace or None,
-        clusterwide=not args.namespace,
+        namespaces=namespaces,
+        clusterwide=not namespaces,
         liveness_endpoint=args.liveness or None,
     )
     return 0

@@ -39,8 +39,12 @@ def run(state_dir: Path, node_count: int) -> int:
     threads = [
         threading.Thread(target=pods.watch_loop, args=(stop,), name="pod-watch", daemon=True),
         threading.Thread(target=pods.worker_loop, args=(stop,), name="pod-worker", daemon=True),
-        threading.Thread(target=storage.loop, args=(client.CoreV1Api(api_factory()), layout.volumes, stop),
-                         name="provisioner", daemon=True),  # fmt: skip
+        threading.Thread(
+            target=storage.loop,
+            args=(client.CoreV1Api(api_factory()), layout.volumes, stop),
+            name="provisioner",
+            daemon=True,
+        ),
     ]
     for t in threads:
         t.start()

@@ -23,28 +23,66 @@ def ensure_nodes(core: client.CoreV1Api, count: int) -> list[str]:
     names = node_names(count)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for name in names:
-        body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                                                      "kubernetes.io/arch": "amd64",
-                                                      "sim.tieredkv.io/node": "true"}}}  # fmt: skip
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "sim.tieredkv.io/node": "true",
+                },
+            },
+        }
         try:
             core.create_node(body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
         resources = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-        conditions = [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated",
-                       "lastHeartbeatTime": now, "lastTransitionTime": now}]  # fmt: skip
-        conditions += [{"type": t, "status": "False", "reason": "Simulated", "lastHeartbeatTime": now,
-                        "lastTransitionTime": now}
-                       for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]  # fmt: skip
-        status = {"capacity": resources, "allocatable": resources, "conditions": conditions,
-                  "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                                {"type": "Hostname", "address": name}],
-                  "nodeInfo": {"kubeletVersion": "v1.20.2-sim", "kubeProxyVersion": "v1.20.2-sim",
-                               "operatingSystem": "linux", "architecture": "amd64", "containerRuntimeVersion":
-                               "sim://local", "osImage": "tieredkv node simulator", "kernelVersion": "",
-                               "machineID": "", "systemUUID": "", "bootID": ""}}  # fmt: skip
+        conditions = [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "simulated",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+        ]
+        conditions += [
+            {
+                "type": t,
+                "status": "False",
+                "reason": "Simulated",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+            for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
+        ]
+        status = {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": conditions,
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.20.2-sim",
+                "kubeProxyVersion": "v1.20.2-sim",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": "sim://local",
+                "osImage": "tieredkv node simulator",
+                "kernelVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        }
         core.patch_node_status(name, {"status": status})
         core.patch_node(name, {"spec": {"taints": None}})
     return names

@@ -135,7 +135,9 @@ def container_env(pod: Obj, container: Obj, lookup: Lookup, base: dict[str, str]
             if data is not None and ref["key"] in data:
                 env[name] = data[ref["key"]].decode()
             elif not ref.get("optional"):
-                raise PlanError("CreateContainerConfigError", f"key {ref['key']!r} not in {kind} {ref['name']}")
+                raise PlanError(
+                    "CreateContainerConfigError", f"key {ref['key']!r} not in {kind} {ref['name']}"
+                )
         elif "resourceFieldRef" in vf:
             env[name] = "0"  # no cgroup limits are emulated
         else:
@@ -147,5 +149,7 @@ def container_argv(container: Obj, env: dict[str, str]) -> list[str]:
     """command + args with $(VAR) expansion; without `command` there is no image entrypoint to run."""
     command = container.get("command")
     if not command:
-        raise PlanError("NoLocalCommand", f"container {container['name']} has no command (images are not run)")
+        raise PlanError(
+            "NoLocalCommand", f"container {container['name']} has no command (images are not run)"
+        )
     return [expand(a, env) for a in [*command, *(container.get("args") or [])]]

@@ -86,8 +86,9 @@ class PodController:
                 for key in [*fresh, *gone]:
                     self.queue.put(key)
                 rv = listing.metadata.resource_version
-                for event in watch.Watch().stream(core.list_pod_for_all_namespaces, resource_version=rv,
-                                                  timeout_seconds=120):  # fmt: skip
+                for event in watch.Watch().stream(
+                    core.list_pod_for_all_namespaces, resource_version=rv, timeout_seconds=120
+                ):
                     if stop.is_set():
                         return
                     pod = api.sanitize_for_serialization(event["object"])
@@ -98,7 +99,7 @@ class PodController:
                         else:
                             self.cache[key] = pod
                     self.queue.put(key)
-            except Exception as exc:  # noqa: BLE001 - relist on any watch failure (410 Gone included)
+            except Exception as exc:
                 if not stop.is_set():
                     log.warning("pod watch restarting: %s", exc)
                     stop.wait(1.0)
@@ -148,8 +149,9 @@ class PodController:
         else:
             status = podstatus.plain_status(pod, ip, "127.0.0.1", since)
         if podstatus.comparable(status) != self.reported.get(uid):
-            core.patch_namespaced_pod_status(pod["metadata"]["name"], pod["metadata"]["namespace"],
-                                             {"status": status})  # fmt: skip
+            core.patch_namespaced_pod_status(
+                pod["metadata"]["name"], pod["metadata"]["namespace"], {"status": status}
+            )
             self.reported[uid] = podstatus.comparable(status)
 
     def _ip(self, uid: str, node: str) -> str:
@@ -188,9 +190,11 @@ class PodController:
             if runner is not None:
                 runner.stop(grace=min(grace, 30.0))
             try:
-                core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"],
-                                           body=client.V1DeleteOptions(grace_period_seconds=0,
-                                                                       preconditions={"uid": uid}))  # fmt: skip
+                core.delete_namespaced_pod(
+                    pod["metadata"]["name"],
+                    pod["metadata"]["namespace"],
+                    body=client.V1DeleteOptions(grace_period_seconds=0, preconditions={"uid": uid}),
+                )
             except ApiException as exc:
                 if exc.status not in (404, 409):
                     log.warning("delete %s: %s", key, exc.reason)

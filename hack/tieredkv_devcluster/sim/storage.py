@@ -21,11 +21,18 @@ log = logging.getLogger("sim.storage")
 
 
 def ensure_storage_class(storage: client.StorageV1Api) -> None:
-    body = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": STORAGE_CLASS,
-                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
-            "allowVolumeExpansion": True}  # fmt: skip
+    body = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+        "allowVolumeExpansion": True,
+    }
     try:
         storage.create_storage_class(body)
     except ApiException as exc:
@@ -35,23 +42,42 @@ def ensure_storage_class(storage: client.StorageV1Api) -> None:
 
 def _pv_body(pvc: client.V1PersistentVolumeClaim, path: Path, reclaim: str) -> dict[str, object]:
     meta, spec = pvc.metadata, pvc.spec
-    return {"apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": f"pvc-{meta.uid}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
-                         "labels": {"sim.tieredkv.io/volume": "true"}},
-            "spec": {"capacity": {"storage": spec.resources.requests["storage"]},
-                     "accessModes": spec.access_modes, "persistentVolumeReclaimPolicy": reclaim,
-                     "storageClassName": spec.storage_class_name, "volumeMode": spec.volume_mode or "Filesystem",
-                     "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
-                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta.namespace,
-                                  "name": meta.name, "uid": meta.uid}}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": f"pvc-{meta.uid}",
+            "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+            "labels": {"sim.tieredkv.io/volume": "true"},
+        },
+        "spec": {
+            "capacity": {"storage": spec.resources.requests["storage"]},
+            "accessModes": spec.access_modes,
+            "persistentVolumeReclaimPolicy": reclaim,
+            "storageClassName": spec.storage_class_name,
+            "volumeMode": spec.volume_mode or "Filesystem",
+            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta.namespace,
+                "name": meta.name,
+                "uid": meta.uid,
+            },
+        },
+    }
 
 
 def reconcile_once(core: client.CoreV1Api, volumes_dir: Path) -> None:
     pvs = core.list_persistent_volume().items
     claimed = {pv.spec.claim_ref.uid for pv in pvs if pv.spec.claim_ref is not None}
     for pvc in core.list_persistent_volume_claim_for_all_namespaces().items:
-        if (pvc.spec.storage_class_name != STORAGE_CLASS or pvc.spec.volume_name
-                or pvc.metadata.uid in claimed or pvc.metadata.deletion_timestamp):  # fmt: skip
+        if (
+            pvc.spec.storage_class_name != STORAGE_CLASS
+            or pvc.spec.volume_name
+            or pvc.metadata.uid in claimed
+            or pvc.metadata.deletion_timestamp
+        ):
             continue
         path = volumes_dir / f"pvc-{pvc.metadata.uid}"
         path.mkdir(parents=True, exist_ok=True)
@@ -77,6 +103,6 @@ def loop(core: client.CoreV1Api, volumes_dir: Path, stop: threading.Event, perio
     while not stop.is_set():
         try:
             reconcile_once(core, volumes_dir)
-        except Exception as exc:  # noqa: BLE001 - keep provisioning after transient API errors
+        except Exception as exc:
             log.warning("provisioner pass failed: %s", exc)
         stop.wait(period)

@@ -24,7 +24,15 @@ from typing import Any
 
 from tieredkv_devcluster import procs
 from tieredkv_devcluster.sim import volumes
-from tieredkv_devcluster.sim.plan import ContainerPlan, Lookup, Obj, PlanError, PodDirs, container_argv, container_env
+from tieredkv_devcluster.sim.plan import (
+    ContainerPlan,
+    Lookup,
+    Obj,
+    PlanError,
+    PodDirs,
+    container_argv,
+    container_env,
+)
 
 
 def _now() -> str:
@@ -47,8 +55,9 @@ class Container:
 
 
 class PodRunner(threading.Thread):
-    def __init__(self, pod: Obj, lookup: Lookup, dirs: PodDirs, base_env: dict[str, str],
-                 notify: Callable[[], None]) -> None:  # fmt: skip
+    def __init__(
+        self, pod: Obj, lookup: Lookup, dirs: PodDirs, base_env: dict[str, str], notify: Callable[[], None]
+    ) -> None:
         super().__init__(name=f"pod-{pod['metadata']['name']}", daemon=True)
         self.pod, self.lookup, self.dirs, self.base_env, self.notify = pod, lookup, dirs, base_env, notify
         self.stopping = threading.Event()
@@ -65,9 +74,13 @@ class PodRunner(threading.Thread):
         out = []
         for spec in specs:
             env = container_env(self.pod, spec, self.lookup, self.base_env)
-            plan = ContainerPlan(name=spec["name"], argv=container_argv(spec, env), env=env,
-                                 mounts=volumes.container_mounts(self.pod, spec, sources),
-                                 workdir=spec.get("workingDir"))  # fmt: skip
+            plan = ContainerPlan(
+                name=spec["name"],
+                argv=container_argv(spec, env),
+                env=env,
+                mounts=volumes.container_mounts(self.pod, spec, sources),
+                workdir=spec.get("workingDir"),
+            )
             out.append(Container(spec=spec, plan=plan))
         self._materialise(sources)
         return out
@@ -90,8 +103,16 @@ class PodRunner(threading.Thread):
     def _start(self, c: Container) -> None:
         plan_file = self.dirs.pod_root / "plans" / f"{c.plan.name}.json"
         plan_file.parent.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps({"argv": c.plan.argv, "env": c.plan.env, "workdir": c.plan.workdir,
-                                         "mounts": [vars(m) for m in c.plan.mounts]}))  # fmt: skip
+        plan_file.write_text(
+            json.dumps(
+                {
+                    "argv": c.plan.argv,
+                    "env": c.plan.env,
+                    "workdir": c.plan.workdir,
+                    "mounts": [vars(m) for m in c.plan.mounts],
+                }
+            )
+        )
         log = self.dirs.pod_root / "logs" / f"{c.plan.name}.log"
         argv = [sys.executable, "-m", "tieredkv_devcluster.sim.podexec", str(plan_file)]
         c.proc, record = procs.spawn(c.plan.name, argv, log, env=dict(os.environ))
@@ -120,7 +141,7 @@ class PodRunner(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
-        except Exception as exc:  # noqa: BLE001 - reported as the pod's state, never crash the simulator
+        except Exception as exc:
             self.waiting = ("SimulatorError", f"{type(exc).__name__}: {exc}")
             self.notify()
         finally:
@@ -198,7 +219,8 @@ def _probe_ok(probe: Obj, container: Obj, pod: Obj) -> bool:
             port = _port(hg["port"], container)
             url = f"http://{hg.get('host') or host}:{port}{hg.get('path', '/')}"
             with urllib.request.urlopen(url, timeout=probe.get("timeoutSeconds", 1)) as resp:
-                return 200 <= resp.status < 400
+                code: int = resp.status
+                return 200 <= code < 400
         if "tcpSocket" in probe:
             with socket.create_connection((host, _port(probe["tcpSocket"]["port"], container)), timeout=1):
                 return True
