@@ -22,9 +22,11 @@ if not testing.use_existing():
     _PINNED = Path(tempfile.mkdtemp(prefix="tieredkv-kubeconfig-")) / "kubeconfig"
     os.environ["KUBECONFIG"] = str(_PINNED)
 
-from kubernetes import client, config  # noqa: E402
+from kubernetes import client, config
 
-ARTIFACTS = Path(os.environ.get("TIEREDKV_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "tieredkv-test-dumps"))
+ARTIFACTS = Path(
+    os.environ.get("TIEREDKV_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "tieredkv-test-dumps")
+)
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +55,11 @@ def ns(request: pytest.FixtureRequest, kube: testing.TestCluster, core: client.C
     name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"tieredkv.io/test": "true"}}})
     # Pods are refused until the token controller gave the default ServiceAccount its token Secret.
-    testing.wait_for(lambda: core.read_namespaced_service_account("default", name).secrets, 30,
-                     "the default ServiceAccount's token")  # fmt: skip
+    testing.wait_for(
+        lambda: core.read_namespaced_service_account("default", name).secrets,
+        30,
+        "the default ServiceAccount's token",
+    )
     yield name
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

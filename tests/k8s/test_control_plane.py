@@ -56,19 +56,30 @@ def test_an_invalid_custom_object_is_rejected_with_422_naming_every_bad_field(
 ) -> None:
     custom = client.CustomObjectsApi(api)
     with pytest.raises(ApiException) as err:
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, widget("bad", size=99, color="pink"))
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, widget("bad", size=99, color="pink")
+        )
     assert err.value.status == 422
     assert "spec.size" in err.value.body and "spec.color" in err.value.body
 
 
-def test_a_watch_sees_added_modified_and_deleted_in_order(widget_crd: str, api: client.ApiClient, ns: str) -> None:
+def test_a_watch_sees_added_modified_and_deleted_in_order(
+    widget_crd: str, api: client.ApiClient, ns: str
+) -> None:
     custom = client.CustomObjectsApi(api)
     rv = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["metadata"]["resourceVersion"]
     seen: list[str] = []
 
     def collect() -> None:
-        stream = watch.Watch().stream(custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-                                      resource_version=rv, timeout_seconds=20)  # fmt: skip
+        stream = watch.Watch().stream(
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            resource_version=rv,
+            timeout_seconds=20,
+        )
         for event in stream:
             seen.append(event["type"])
             if event["type"] == "DELETED":
@@ -91,18 +102,29 @@ def test_the_simulated_nodes_are_ready_and_untainted(core: client.CoreV1Api) -> 
         assert not node.spec.taints
 
 
-def _daemonset(name: str, container: dict[str, Any], volumes: list[dict[str, Any]], local: bool) -> dict[str, Any]:
+def _daemonset(
+    name: str, container: dict[str, Any], volumes: list[dict[str, Any]], local: bool
+) -> dict[str, Any]:
     annotations = {"sim.tieredkv.io/run": "local"} if local else {}
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
-            "spec": {"selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}, "annotations": annotations},
-                                  "spec": {"containers": [container], "volumes": volumes,
-                                           "terminationGracePeriodSeconds": 5}}}}  # fmt: skip
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 5},
+            },
+        },
+    }
 
 
 def test_a_daemonset_gets_one_running_ready_pod_per_simulated_node(api: client.ApiClient, ns: str) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    apps.create_namespaced_daemon_set(ns, _daemonset("plain", {"name": "c", "image": "example/none"}, [], False))
+    apps.create_namespaced_daemon_set(
+        ns, _daemonset("plain", {"name": "c", "image": "example/none"}, [], False)
+    )
 
     def rolled_out() -> bool:
         ds = apps.read_namespaced_daemon_set("plain", ns).status
@@ -118,18 +140,34 @@ def test_a_pod_with_the_run_annotation_runs_its_command_and_stops_on_delete(
     kube: testing.TestCluster, core: client.CoreV1Api, ns: str
 ) -> None:
     assert kube.layout is not None, "needs the local simulator"
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "runner", "annotations": {"sim.tieredkv.io/run": "local"}},
-           "spec": {"terminationGracePeriodSeconds": 5, "volumes": [{"name": "out", "emptyDir": {}}],
-                    "containers": [{"name": "main", "image": "example/none",
-                                    "command": ["sh", "-c", "echo $$$$ > /out/pid; echo $(GREETING) > /out/msg; "
-                                                "exec sleep 600"],
-                                    "env": [{"name": "GREETING", "value": "hello"}],
-                                    "volumeMounts": [{"name": "out", "mountPath": "/out"}]}]}}  # fmt: skip
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "runner", "annotations": {"sim.tieredkv.io/run": "local"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "volumes": [{"name": "out", "emptyDir": {}}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "example/none",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "echo $$$$ > /out/pid; echo $(GREETING) > /out/msg; exec sleep 600",
+                    ],
+                    "env": [{"name": "GREETING", "value": "hello"}],
+                    "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                }
+            ],
+        },
+    }
     created = core.create_namespaced_pod(ns, pod)
     out_dir = kube.layout.pods / created.metadata.uid / "volumes" / "out"
     testing.wait_for(lambda: core.read_namespaced_pod("runner", ns).status.phase == "Running", 30, "Running")
-    pid = int(testing.wait_for(lambda: (out_dir / "pid").exists() and (out_dir / "pid").read_text(), 30, "pid"))
+    pid = int(
+        testing.wait_for(lambda: (out_dir / "pid").exists() and (out_dir / "pid").read_text(), 30, "pid")
+    )
     assert (out_dir / "msg").read_text() == "hello\n"
     assert Path(f"/proc/{pid}").exists()
 
@@ -151,21 +189,37 @@ def test_nodes_share_a_pvc_but_each_node_has_its_own_host_path(
 ) -> None:
     assert kube.layout is not None, "needs the local simulator"
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-    core.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": "shared"}, "spec": {
-        "accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})  # fmt: skip
-    testing.wait_for(lambda: core.read_namespaced_persistent_volume_claim("shared", ns).status.phase == "Bound",
-                     30, "the claim to be bound by the PV controller")  # fmt: skip
-    container = {"name": "c", "image": "example/none",
-                 "command": ["sh", "-c", "echo $(NODE) > /shared/$(NODE); echo $(NODE) > /host/mine; sleep 600"],
-                 "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
-                 "volumeMounts": [{"name": "s", "mountPath": "/shared"}, {"name": "h", "mountPath": "/host"}]}
-    volumes = [{"name": "s", "persistentVolumeClaim": {"claimName": "shared"}},
-               {"name": "h", "hostPath": {"path": f"/var/lib/{ns}", "type": "DirectoryOrCreate"}}]  # fmt: skip
+    core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": "shared"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    testing.wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim("shared", ns).status.phase == "Bound",
+        30,
+        "the claim to be bound by the PV controller",
+    )
+    container = {
+        "name": "c",
+        "image": "example/none",
+        "command": ["sh", "-c", "echo $(NODE) > /shared/$(NODE); echo $(NODE) > /host/mine; sleep 600"],
+        "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "volumeMounts": [{"name": "s", "mountPath": "/shared"}, {"name": "h", "mountPath": "/host"}],
+    }
+    volumes = [
+        {"name": "s", "persistentVolumeClaim": {"claimName": "shared"}},
+        {"name": "h", "hostPath": {"path": f"/var/lib/{ns}", "type": "DirectoryOrCreate"}},
+    ]
     apps.create_namespaced_daemon_set(ns, _daemonset("writer", container, volumes, True))
     pv = core.read_namespaced_persistent_volume_claim("shared", ns).spec.volume_name
     shared = Path(core.read_persistent_volume(pv).spec.host_path.path)
-    testing.wait_for(lambda: sorted(p.name for p in shared.iterdir()) == ["tkv-node-1", "tkv-node-2"], 30,
-                     "both nodes to write into the shared volume")  # fmt: skip
+    testing.wait_for(
+        lambda: sorted(p.name for p in shared.iterdir()) == ["tkv-node-1", "tkv-node-2"],
+        30,
+        "both nodes to write into the shared volume",
+    )
     for node in ("tkv-node-1", "tkv-node-2"):
         mine = kube.layout.nodes / node / "hostpath" / "var" / "lib" / ns / "mine"
         testing.wait_for(mine.exists, 10, f"{node}'s hostPath file")
@@ -177,17 +231,33 @@ def test_a_local_pod_reaches_the_api_with_its_service_account_under_rbac(
 ) -> None:
     """In-cluster config works: the pod's token is the ServiceAccount's, so RBAC really applies."""
     assert kube.layout is not None, "needs the local simulator"
-    script = ("import kubernetes as k; k.config.load_incluster_config(); v=k.client.CoreV1Api()\n"
-              "try:\n v.list_namespaced_secret('$(NS)'); print('secrets: allowed')\n"
-              "except k.client.exceptions.ApiException as e: print('secrets:', e.status)\n")  # fmt: skip
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "incluster", "annotations": {"sim.tieredkv.io/run": "local"}},
-           "spec": {"restartPolicy": "Never", "containers": [{
-               "name": "c", "image": "example/none", "command": ["python", "-c", script],
-               "env": [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]}]}}  # fmt: skip
+    script = (
+        "import kubernetes as k; k.config.load_incluster_config(); v=k.client.CoreV1Api()\n"
+        "try:\n v.list_namespaced_secret('$(NS)'); print('secrets: allowed')\n"
+        "except k.client.exceptions.ApiException as e: print('secrets:', e.status)\n"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "incluster", "annotations": {"sim.tieredkv.io/run": "local"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "example/none",
+                    "command": ["python", "-c", script],
+                    "env": [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+                }
+            ],
+        },
+    }
     created = core.create_namespaced_pod(ns, pod)
-    testing.wait_for(lambda: core.read_namespaced_pod("incluster", ns).status.phase == "Succeeded", 60,
-                     "the in-cluster client pod to finish")  # fmt: skip
+    testing.wait_for(
+        lambda: core.read_namespaced_pod("incluster", ns).status.phase == "Succeeded",
+        60,
+        "the in-cluster client pod to finish",
+    )
     log = kube.layout.pods / created.metadata.uid / "logs" / "c.log"
     assert log.read_text().strip() == "secrets: 403"
 

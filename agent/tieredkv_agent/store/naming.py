@@ -1,0 +1,218 @@
+"""Where vLLM's `fs` tier puts things: namespace directories, offload keys and block paths.
+
+Everything here is pure (no I/O except `ensure_namespace`) and thread-safe: the agent's I/O worker
+threads call `block_path` once per block, the startup thread builds the `Namespace` once.
+
+Layout, byte-identical to vLLM's FileMapper::
+
+    <root>/<safe_model>_<digest12>/config.json
+    <root>/<safe_model>_<digest12>_r<rank>/<h[0:3]>/<h[3:5]>_g<group>/<h>.bin
+
+`digest12` is the first 12 hex digits of sha256 over the canonical JSON of the run-config fields. Which
+fields exist depends on the vLLM release line (`FieldSchema`); the rank is 0 for everything the
+scheduler-side tier writes.
+"""
+
+import enum
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+GROUP_SUFFIX_BYTES = 4
+"""An offload key is the block hash followed by the KV-cache group index as 4 big-endian bytes."""
+
+FIRST_TIERED_RELEASE = (0, 22)
+"""The first vLLM release with the tiering framework and the `fs` tier."""
+
+
+def parse_vllm_release(version: str) -> tuple[int, int]:
+    """`"0.28.1"`, `"0.29.0rc1"`, `"0.33.0+cu128"` -> (major, minor); ValueError if unparsable or too old."""
+    match = re.match(r"^\s*v?(\d+)\.(\d+)", version)
+    if match is None:
+        raise ValueError(f"not a vLLM version: {version!r}")
+    release = (int(match.group(1)), int(match.group(2)))
+    if release < FIRST_TIERED_RELEASE:
+        raise ValueError(f"vLLM {version} predates the fs tier (first release: 0.22.0)")
+    return release
+
+
+class FieldSchema(enum.Enum):
+    """Which run-config field names feed the namespace digest."""
+
+    LEGACY = "legacy"
+    """vLLM 0.22 … 0.25.x: `hash_block_size`, `gpu_blocks_per_file`, groups' `block_size`, no markers."""
+    CURRENT = "current"
+    """vLLM 0.26 … 0.33 (verified on 0.28 and 0.33): `tokens_per_hash`, `blocks_per_file`, markers."""
+
+    @classmethod
+    def for_vllm(cls, version: str) -> "FieldSchema":
+        """The schema of a vLLM release (the 0.25/0.26 boundary comes from third-party notes)."""
+        return cls.LEGACY if parse_vllm_release(version) < (0, 26) else cls.CURRENT
+
+
+@dataclass(frozen=True, slots=True)
+class KvCacheGroup:
+    """One offloaded KV-cache group: tokens per GPU block and its attention layer names, in order."""
+
+    tokens_per_block: int
+    layer_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """The serving settings vLLM hashes into the namespace digest.
+
+    Sizes are the real parallel sizes; `run_config_fields` writes 1 for them when `parallel_agnostic`.
+    `dtype` is the string vLLM puts in the digest: the resolved KV dtype on the current schema
+    (`"bfloat16"`, `"fp8"`), the raw `cache_dtype` (usually `"auto"`) on the legacy one. A leading
+    `torch.` is dropped.
+    """
+
+    model_name: str
+    tokens_per_hash: int
+    blocks_per_file: int
+    dtype: str
+    kv_cache_groups: tuple[KvCacheGroup, ...]
+    tp_size: int = 1
+    pp_size: int = 1
+    pcp_size: int = 1
+    dcp_size: int = 1
+    parallel_agnostic: bool = False
+    replicated_layout: bool = False
+    canonical_format: str | None = None
+    schema: FieldSchema = FieldSchema.CURRENT
+
+    def __post_init__(self) -> None:
+        if self.schema is FieldSchema.LEGACY and (self.replicated_layout or self.canonical_format):
+            raise ValueError("replicated_layout and canonical_format do not exist on the legacy schema")
+
+
+def run_config_fields(config: RunConfig) -> dict[str, object]:
+    """The exact dict vLLM digests (and writes to config.json) for this config and schema."""
+    sizes = (config.tp_size, config.pp_size, config.pcp_size, config.dcp_size)
+    tp, pp, pcp, dcp = (1, 1, 1, 1) if config.parallel_agnostic else sizes
+    fields: dict[str, object] = {
+        "model_name": config.model_name,
+        "tp_size": tp,
+        "pp_size": pp,
+        "pcp_size": pcp,
+        "dcp_size": dcp,
+        "dtype": config.dtype.removeprefix("torch."),
+        "inference_engine": "vllm",
+    }
+    legacy = config.schema is FieldSchema.LEGACY
+    fields["hash_block_size" if legacy else "tokens_per_hash"] = config.tokens_per_hash
+    fields["gpu_blocks_per_file" if legacy else "blocks_per_file"] = config.blocks_per_file
+    size_key = "block_size" if legacy else "tokens_per_block"
+    fields["kv_cache_groups"] = [
+        {size_key: group.tokens_per_block, "layer_names": list(group.layer_names)}
+        for group in config.kv_cache_groups
+    ]
+    if not legacy:
+        if not config.parallel_agnostic:
+            fields["parallel_agnostic"] = False
+        if config.replicated_layout:
+            fields["replicated_layout"] = True
+        if config.canonical_format:
+            fields["canonical_format"] = config.canonical_format
+    return fields
+
+
+def config_digest(fields: dict[str, object]) -> str:
+    """12 hex digits of sha256 over the compact, key-sorted, ASCII JSON of `fields`."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def safe_model_name(model_name: str) -> str:
+    """The model string as a directory name: only `/` is replaced (by `_`)."""
+    return model_name.replace("/", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """The two directories of one run config under a cache root."""
+
+    fields: dict[str, object]
+    digest: str
+    config_dir: Path
+    """`<root>/<safe_model>_<digest>`: holds only config.json."""
+    blocks_dir: Path
+    """`<config_dir>_r<rank>`: the sibling directory that holds the block files."""
+
+    def block_path(self, key: bytes) -> str:
+        """The block file of an offload key; see the module-level `block_path`."""
+        return block_path(self.blocks_dir, key)
+
+
+def namespace_for(root: str | os.PathLike[str], config: RunConfig, *, rank: int = 0) -> Namespace:
+    """The namespace of `config` under `root`; `rank` is forced to 0 when parallel-agnostic.
+
+    vLLM's fs tier runs in the scheduler process, so every block it writes lives under `_r0`; a
+    rank other than 0 only exists for vLLM's own FileMapper tests.
+    """
+    fields = run_config_fields(config)
+    digest = config_digest(fields)
+    base = Path(root) / f"{safe_model_name(config.model_name)}_{digest}"
+    effective_rank = 0 if config.parallel_agnostic else rank
+    return Namespace(fields, digest, base, base.with_name(f"{base.name}_r{effective_rank}"))
+
+
+def config_json_text(fields: dict[str, object]) -> str:
+    """config.json as vLLM writes it: indent 2, sorted keys, no trailing newline."""
+    return json.dumps(fields, indent=2, sort_keys=True)
+
+
+def ensure_namespace(namespace: Namespace) -> bool:
+    """Create the config directory and write config.json unless it exists; True if this call wrote it.
+
+    Called once from the agent's startup thread. The file is informative only (nothing reads it
+    back), so like vLLM the first writer wins; the exclusive create keeps two writers from mixing.
+    """
+    namespace.config_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with (namespace.config_dir / "config.json").open("x", encoding="ascii") as out:
+            out.write(config_json_text(namespace.fields))
+    except FileExistsError:
+        return False
+    return True
+
+
+def make_offload_key(block_hash: bytes, group_idx: int) -> bytes:
+    """Block hash bytes followed by the group index as 4 big-endian unsigned bytes."""
+    return bytes(block_hash) + group_idx.to_bytes(GROUP_SUFFIX_BYTES, "big", signed=False)
+
+
+def split_offload_key(key: bytes) -> tuple[bytes, int]:
+    """(block hash, group index) of an offload key; ValueError if there is no hash part."""
+    if len(key) <= GROUP_SUFFIX_BYTES:
+        raise ValueError(f"offload key of {len(key)} bytes has no block hash")
+    return key[:-GROUP_SUFFIX_BYTES], int.from_bytes(key[-GROUP_SUFFIX_BYTES:], "big")
+
+
+def block_relpath(key: bytes) -> str:
+    """`<h[0:3]>/<h[3:5]>_g<group>/<h>.bin`, h the lowercase hex of the block hash (group not in h)."""
+    block_hash, group_idx = split_offload_key(key)
+    h = block_hash.hex()
+    return f"{h[0:3]}/{h[3:5]}_g{group_idx}/{h}.bin"
+
+
+def block_path(blocks_dir: str | os.PathLike[str], key: bytes) -> str:
+    """The absolute block file path of `key` under a namespace's blocks directory, as a str."""
+    return f"{os.fspath(blocks_dir)}/{block_relpath(key)}"
+
+
+def chunk_offload_keys(block_hashes: Sequence[bytes], hashes_per_chunk: int, group_idx: int) -> list[bytes]:
+    """The offload keys of a request's full chunks: each keyed by the last block hash in the chunk.
+
+    `hashes_per_chunk` = tokens_per_block(group) x blocks_per_chunk / tokens_per_hash. A trailing
+    partial chunk has no key (vLLM stores only full chunks).
+    """
+    if hashes_per_chunk < 1:
+        raise ValueError("hashes_per_chunk must be at least 1")
+    last_of_each_chunk = block_hashes[hashes_per_chunk - 1 :: hashes_per_chunk]
+    return [make_offload_key(block_hash, group_idx) for block_hash in last_of_each_chunk]
