@@ -8,8 +8,6 @@ BIN := $(VENV)/bin
 TIEREDKV_CACHE ?= $(HOME)/.cache/tieredkv
 export TIEREDKV_CACHE
 export PYTHONPATH := $(CURDIR)/hack
-# pytest exits 5 when a tier collected nothing (e.g. no GPU tests yet): not a failure.
-PYTEST_TIER = $(BIN)/pytest -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 .PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test \
         cluster-up cluster-down cluster-status demo demo-down crds clean
@@ -47,13 +45,13 @@ imports: venv
 	$(BIN)/lint-imports --no-cache
 
 test-unit: venv
-	@set +e; $(PYTEST_TIER) tests/unit -m unit -q
+	hack/pytest-tier.sh tests/unit unit -q
 
 test-k8s: deps
-	@set +e; $(PYTEST_TIER) tests/k8s -m k8s -q
+	hack/pytest-tier.sh tests/k8s k8s -q
 
 test-gpu: venv
-	@set +e; $(PYTEST_TIER) tests/gpu -m gpu -q
+	hack/pytest-tier.sh tests/gpu gpu -q
 
 test: lint typecheck imports test-unit test-k8s test-gpu
 
