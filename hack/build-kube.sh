@@ -7,12 +7,15 @@
 set -euo pipefail
 
 KUBE_VERSION=v1.20.2
+# Bump when the build recipe changes, so machines holding an older build rebuild once.
+RECIPE="2: vendored reflect2 -> 1.0.2 and json-iterator -> 1.1.12 from Debian"
 CACHE=${TIEREDKV_CACHE:-$HOME/.cache/tieredkv}
 OUT=${1:-$CACHE/kube-1.20.2}
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
 
 built() {
   local b
+  [ "$(cat "$OUT/.recipe" 2>/dev/null)" = "$RECIPE" ] || return 1
   for b in "${BINARIES[@]}"; do
     [ -x "$OUT/$b" ] || return 1
     "$OUT/$b" --version 2>/dev/null | grep -qx "Kubernetes $KUBE_VERSION" || return 1
@@ -29,13 +32,16 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tieredkv-kube-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
 
-# Toolchain: Go 1.19 from bookworm plus reflect2 1.0.2 (the vendored 1.0.1 faults under Go >= 1.18 on the
-# first custom-object write).
-if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/modern-go/reflect2 ]; then
+# Toolchain: Go 1.19 from bookworm, plus two Go libraries newer than the vendored ones: reflect2 1.0.2 (the
+# vendored 1.0.1 faults under Go >= 1.18 on the first custom-object write) and json-iterator 1.1.12 (the
+# vendored 1.1.10 paired with reflect2 1.0.2 decodes "" as null in custom objects).
+GOCODE=/usr/share/gocode/src/github.com
+if ! command -v go >/dev/null || [ ! -d $GOCODE/modern-go/reflect2 ] || [ ! -d $GOCODE/json-iterator/go ]; then
   [ "$(id -u)" -eq 0 ] || { echo "need root to apt-get install golang-go (or install it yourself)" >&2; exit 1; }
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends golang-go make rsync golang-github-modern-go-reflect2-dev
+  apt-get install -y -qq --no-install-recommends golang-go make rsync \
+    golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
 fi
 
 # Fetch the source package through a private apt state so /etc/apt stays untouched.
@@ -54,10 +60,13 @@ apt-get "${APT_OPTS[@]}" update -qq
 tar -C "$WORK" -xzf "$WORK"/kubernetes_*.orig.tar.gz
 SRC="$WORK/kubernetes-1.20.2"
 
-REFLECT2="$SRC/vendor/github.com/modern-go/reflect2"
-rm -f "$REFLECT2"/*.go "$REFLECT2"/*.s
-cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
-   /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$REFLECT2"/
+swap_vendored() {  # swap_vendored <import path>: replace the vendored package's sources with Debian's
+  local dst="$SRC/vendor/github.com/$1"
+  rm -f "$dst"/*.go "$dst"/*.s
+  find "$GOCODE/$1" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' -exec cp {} "$dst"/ \;
+}
+swap_vendored modern-go/reflect2
+swap_vendored json-iterator/go
 
 mkdir -p "$SRC/.go/src/k8s.io"
 ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
@@ -69,5 +78,6 @@ ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
 for b in "${BINARIES[@]}"; do
   install -m 0755 "$SRC/_output/local/bin/linux/amd64/$b" "$OUT/$b"
 done
+echo "$RECIPE" >"$OUT/.recipe"
 built || { echo "build finished but binaries do not report $KUBE_VERSION" >&2; exit 1; }
 echo "built kube $KUBE_VERSION into $OUT in $(( $(date +%s) - started ))s"

@@ -37,6 +37,8 @@ def enter_namespace(mounts: list[dict[str, object]]) -> None:
         source, target = str(m["source"]), str(m["target"])
         if os.path.normpath(target) == "/":
             raise OSError(f"refusing to mount over / ({source})")
+        if not Path(source).exists():
+            Path(source).mkdir(parents=True)  # as kubelet does for a subPath that does not exist yet
         if Path(source).is_dir():
             Path(target).mkdir(parents=True, exist_ok=True)
         else:

@@ -1,0 +1,131 @@
+"""The one module of the operator that talks to the Kubernetes API (besides kopf itself).
+
+Objects travel as plain camelCase dicts. Writes use server-side apply with the fixed field manager
+`tieredkv-operator`, so a re-apply of identical content changes nothing and fields others own are left
+alone. Called from kopf's handler threads; the underlying ApiClient is thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tieredkv_operator.resources.names import FIELD_MANAGER
+
+Obj = dict[str, Any]
+
+SEED_FIELD_MANAGER: Final = "tieredkv-operator-seed"
+"""Manager of a generated seed's value: it is created once and never re-applied, so later applies of the
+Secret's metadata under FIELD_MANAGER cannot remove the value."""
+
+_PATHS: Final[dict[tuple[str, str], tuple[str, str]]] = {
+    ("v1", "PersistentVolumeClaim"): ("api/v1", "persistentvolumeclaims"),
+    ("v1", "Secret"): ("api/v1", "secrets"),
+    ("v1", "ConfigMap"): ("api/v1", "configmaps"),
+    ("v1", "ServiceAccount"): ("api/v1", "serviceaccounts"),
+    ("v1", "Service"): ("api/v1", "services"),
+    ("v1", "Pod"): ("api/v1", "pods"),
+    ("apps/v1", "DaemonSet"): ("apis/apps/v1", "daemonsets"),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("apis/rbac.authorization.k8s.io/v1", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    ("tieredkv.io/v1alpha1", "TieredKVCache"): ("apis/tieredkv.io/v1alpha1", "tieredkvcaches"),
+}
+
+
+@dataclass
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when no response came back)."""
+
+    status: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}: {self.message}"
+
+
+def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    prefix, plural = _PATHS[(api_version, kind)]
+    path = f"/{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        try:
+            request = self.api.param_serialize(
+                method,
+                path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api.call_api(*request)
+            raw = resp.read()
+        except ApiException as exc:  # no response at all (connection refused, TLS, timeout)
+            raise KubeError(int(exc.status or 0), str(exc.reason), str(exc)) from exc
+        data: Obj = json.loads(raw) if raw else {}
+        if not 200 <= resp.status < 300:
+            raise KubeError(
+                resp.status, str(data.get("reason") or resp.reason), str(data.get("message") or raw)
+            )
+        return data
+
+    def apply(self, manifest: Obj) -> Obj:
+        """Server-side apply `manifest` as FIELD_MANAGER (forcing ownership of the fields it sets)."""
+        meta = manifest["metadata"]
+        path = _path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        return self._call(
+            "PATCH",
+            path,
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        )
+
+    def create(self, manifest: Obj, field_manager: str = FIELD_MANAGER) -> Obj | None:
+        """Create `manifest`; None if an object of that name exists already (it is left as it is)."""
+        meta = manifest["metadata"]
+        try:
+            return self._call(
+                "POST",
+                _path(manifest["apiVersion"], manifest["kind"], meta["namespace"]),
+                body=manifest,
+                query=[("fieldManager", field_manager)],
+            )
+        except KubeError as err:
+            if err.status == 409:
+                return None
+            raise
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._call("GET", _path(api_version, kind, namespace, name))
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
+        result = self._call(
+            "GET", _path(api_version, kind, namespace), query=[("labelSelector", label_selector)]
+        )
+        items: list[Obj] = result.get("items") or []
+        return items

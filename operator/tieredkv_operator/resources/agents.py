@@ -1,0 +1,151 @@
+"""Builders of the node-agent DaemonSet and its metrics Service (pure).
+
+The pod template carries `tieredkv.io/config-hash`, a hash of the template itself: any change that
+shapes the agent pods changes it and rolls the DaemonSet; an identical rebuild changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from tieredkv_operator.resources import names
+from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator.spec import TieredKVCacheSpec
+
+Manifest = dict[str, Any]
+STORE_VOLUME = "store"
+SOCKET_VOLUME = "sockets"
+
+
+def _field(path: str) -> Manifest:
+    return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def agent_env(cache: CacheRef, spec: TieredKVCacheSpec, max_bytes: int | None) -> list[Manifest]:
+    """The agent's settings as TIEREDKV_* variables (its pydantic settings read them) plus the seed."""
+    seed_name, seed_key = names.seed_secret(cache.name, spec)
+    agent, cap = spec.agent, spec.capacity
+    plain: dict[str, object] = {
+        "TIEREDKV_CACHE_NAME": cache.name,
+        "TIEREDKV_CACHE_NAMESPACE": cache.namespace,
+        "TIEREDKV_MODE": spec.vllm.mode.value,
+        "TIEREDKV_VLLM_VERSION": spec.vllm.version,
+        "TIEREDKV_STORE_DIR": names.STORE_MOUNT_PATH,
+        "TIEREDKV_SOCKET_DIR": names.socket_host_dir(agent.socket_dir, cache.namespace, cache.name),
+        "TIEREDKV_READ_THREADS": agent.read_threads,
+        "TIEREDKV_WRITE_THREADS": agent.write_threads,
+        "TIEREDKV_RAM_TIER_BYTES": agent.ram_tier_bytes,
+        "TIEREDKV_STORE_ADMISSION_THRESHOLD": agent.store_admission.threshold,
+        "TIEREDKV_STORE_ADMISSION_MAX_TRACKER_SIZE": agent.store_admission.max_tracker_size,
+        "TIEREDKV_HIGH_WATERMARK": cap.high_watermark,
+        "TIEREDKV_LOW_WATERMARK": cap.low_watermark,
+        "TIEREDKV_GC_LEASE_NAME": names.gc_lease_name(cache.name),
+        "TIEREDKV_METRICS_PORT": names.METRICS_PORT,
+    }
+    if max_bytes is not None:
+        plain["TIEREDKV_MAX_BYTES"] = max_bytes
+    env: list[Manifest] = [{"name": k, "value": str(v)} for k, v in plain.items()]
+    env += [
+        {"name": "TIEREDKV_NODE_NAME", **_field("spec.nodeName")},
+        {"name": "TIEREDKV_POD_NAME", **_field("metadata.name")},
+        {"name": "TIEREDKV_POD_IP", **_field("status.podIP")},
+        {"name": "PYTHONHASHSEED", "valueFrom": {"secretKeyRef": {"name": seed_name, "key": seed_key}}},
+    ]
+    return env
+
+
+def _container(cache: CacheRef, spec: TieredKVCacheSpec, image: str, max_bytes: int | None) -> Manifest:
+    socket_dir = names.socket_host_dir(spec.agent.socket_dir, cache.namespace, cache.name)
+    store_mount: Manifest = {"name": STORE_VOLUME, "mountPath": names.STORE_MOUNT_PATH}
+    if spec.storage.sub_path:
+        store_mount["subPath"] = spec.storage.sub_path
+    return {
+        "name": "agent",
+        "image": image,
+        "command": ["tieredkv-agent", "run"],
+        "env": agent_env(cache, spec, max_bytes),
+        "ports": [{"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 5},
+        "resources": spec.agent.resources,
+        "volumeMounts": [store_mount, {"name": SOCKET_VOLUME, "mountPath": socket_dir}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def pod_template(
+    cache: CacheRef,
+    spec: TieredKVCacheSpec,
+    *,
+    image: str,
+    max_bytes: int | None,
+    pod_annotations: dict[str, str] | None = None,
+) -> Manifest:
+    """The agent pod template, stamped with the hash of its own content."""
+    socket_dir = names.socket_host_dir(spec.agent.socket_dir, cache.namespace, cache.name)
+    pod_spec: Manifest = {
+        "serviceAccountName": names.agent_name(cache.name),
+        "nodeSelector": spec.agent.node_selector,
+        "tolerations": spec.agent.tolerations,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [_container(cache, spec, image, max_bytes)],
+        "volumes": [
+            {"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": names.pvc_name(cache.name, spec)}},
+            {"name": SOCKET_VOLUME, "hostPath": {"path": socket_dir, "type": "DirectoryOrCreate"}},
+        ],
+    }
+    template: Manifest = {
+        "metadata": {
+            "labels": names.selector_labels(cache.name, "agent"),
+            "annotations": dict(pod_annotations or {}),
+        },
+        "spec": pod_spec,
+    }
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+    template["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH] = digest
+    return template
+
+
+def daemon_set(cache: CacheRef, spec: TieredKVCacheSpec, template: Manifest) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": names.agent_name(cache.name),
+            "namespace": cache.namespace,
+            "labels": names.labels(cache.name, "agent"),
+            "ownerReferences": [cache.owner_reference()],
+        },
+        "spec": {
+            "selector": {"matchLabels": names.selector_labels(cache.name, "agent")},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": template,
+        },
+    }
+
+
+def metrics_service(cache: CacheRef) -> Manifest:
+    """Headless Service over the agents' metrics ports, for ServiceMonitors and ad-hoc scraping."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names.metrics_service_name(cache.name),
+            "namespace": cache.namespace,
+            "labels": names.labels(cache.name, "agent-metrics"),
+            "ownerReferences": [cache.owner_reference()],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": names.selector_labels(cache.name, "agent"),
+            "ports": [
+                {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
+            ],
+        },
+    }
