@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from tieredkv_operator import conditions as c
 from tieredkv_operator import status as status_mod
 from tieredkv_operator.kube import SEED_FIELD_MANAGER, Kube, KubeError
 from tieredkv_operator.quantity import parse_quantity
-from tieredkv_operator.resources import agents, names, rbac, storage, vllm_configmap
+from tieredkv_operator.resources import agents, names, rbac, storage, validation, vllm_configmap
 from tieredkv_operator.resources.names import CacheRef
 from tieredkv_operator.settings import OperatorSettings
 from tieredkv_operator.spec import TieredKVCacheSpec
@@ -35,25 +33,12 @@ class Outcome:
 
 def parse_spec(body: Obj) -> tuple[TieredKVCacheSpec | None, str | None, str]:
     """(spec, None, "") or (None, error message, condition reason)."""
-    try:
-        return TieredKVCacheSpec.model_validate(body.get("spec") or {}), None, ""
-    except ValidationError as exc:
-        version = ((body.get("spec") or {}).get("vllm") or {}).get("version")
-        unsupported = isinstance(version, str) and version not in supported_lines()
-        return (
-            None,
-            format_validation_error(exc),
-            c.UNSUPPORTED_VLLM_VERSION if unsupported else c.INVALID_SPEC,
-        )
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One `camelCase.path: message` clause per pydantic error."""
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{'spec.' + path if path else 'spec'}: {err['msg']}")
-    return "; ".join(parts)
+    spec, errors = validation.parse_spec(body.get("spec"))
+    if spec is not None:
+        return spec, None, ""
+    version = ((body.get("spec") or {}).get("vllm") or {}).get("version")
+    unsupported = isinstance(version, str) and version not in supported_lines()
+    return None, "; ".join(errors), c.UNSUPPORTED_VLLM_VERSION if unsupported else c.INVALID_SPEC
 
 
 def _apply_all(
@@ -99,6 +84,7 @@ def _apply_all(
         spec,
         image=spec.agent.image or settings.agent_image,
         max_bytes=max_bytes,
+        config_hash=observed.config_hash,
         pod_annotations=settings.agent_pod_annotations,
     )
     observed.daemon_set = attempt("DaemonSet", lambda: kube.apply(agents.daemon_set(cache, spec, template)))

@@ -15,6 +15,7 @@ from typing import Any
 from tieredkv_operator import conditions as c
 from tieredkv_operator.conditions import ConditionType, Phase
 from tieredkv_operator.resources import names
+from tieredkv_operator.resources.injection_model import SkipReason
 from tieredkv_operator.spec import MAX_HASH_SEED, TieredKVCacheSpec
 
 Obj = dict[str, Any]
@@ -109,7 +110,8 @@ def _seed(o: Observed, spec: TieredKVCacheSpec, cache: str) -> Obj:
     conflicting = sorted(
         p["metadata"].get("name") or p["metadata"].get("generateName", "?")
         for p in o.pods
-        if (p["metadata"].get("annotations") or {}).get(names.ANNOTATION_SKIP_REASON) == "seed-conflict"
+        if (p["metadata"].get("annotations") or {}).get(names.ANNOTATION_SKIP_REASON)
+        == SkipReason.SEED_CONFLICT
     )
     if conflicting:
         shown = ", ".join(conflicting[:_LISTED_PODS]) + (" ..." if len(conflicting) > _LISTED_PODS else "")

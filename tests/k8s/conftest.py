@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.k8s.operator_proc import OperatorProcess
 from tieredkv_devcluster import testing
 
 if not testing.use_existing():
@@ -66,3 +67,26 @@ def ns(request: pytest.FixtureRequest, kube: testing.TestCluster, core: client.C
         where = testing.dump_namespace(kube, name, ARTIFACTS / name)
         print(f"\n[tieredkv] state of namespace {name} dumped to {where}")
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def tieredkv_crd(kube: testing.TestCluster) -> str:
+    """The TieredKVCache CRD from crds/, applied once per session and Established."""
+    crd = Path(__file__).resolve().parents[2] / "crds" / "tieredkv.io_tieredkvcaches.yaml"
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+    return "tieredkvcaches.tieredkv.io"
+
+
+@pytest.fixture
+def operator(
+    request: pytest.FixtureRequest, kube: testing.TestCluster, tieredkv_crd: str, ns: str
+) -> Iterator[OperatorProcess]:
+    """The real operator process, watching the test's namespace; its log is printed if the test fails."""
+    proc = OperatorProcess(kube, ns, ARTIFACTS / ns)
+    proc.start()
+    yield proc
+    proc.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"\n[tieredkv] operator log (tail):\n{proc.tail()}")

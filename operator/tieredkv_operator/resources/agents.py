@@ -23,8 +23,14 @@ def _field(path: str) -> Manifest:
     return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def agent_env(cache: CacheRef, spec: TieredKVCacheSpec, max_bytes: int | None) -> list[Manifest]:
-    """The agent's settings as TIEREDKV_* variables (its pydantic settings read them) plus the seed."""
+def agent_env(
+    cache: CacheRef, spec: TieredKVCacheSpec, max_bytes: int | None, config_hash: str
+) -> list[Manifest]:
+    """The agent's settings as TIEREDKV_* variables (its pydantic settings read them) plus the seed.
+
+    The vLLM config hash is there so an agent can refuse instances whose profile differs from its cache's,
+    and so a change of the rendered config rolls the agents.
+    """
     seed_name, seed_key = names.seed_secret(cache.name, spec)
     agent, cap = spec.agent, spec.capacity
     plain: dict[str, object] = {
@@ -32,6 +38,7 @@ def agent_env(cache: CacheRef, spec: TieredKVCacheSpec, max_bytes: int | None) -
         "TIEREDKV_CACHE_NAMESPACE": cache.namespace,
         "TIEREDKV_MODE": spec.vllm.mode.value,
         "TIEREDKV_VLLM_VERSION": spec.vllm.version,
+        "TIEREDKV_VLLM_CONFIG_HASH": config_hash,
         "TIEREDKV_STORE_DIR": names.STORE_MOUNT_PATH,
         "TIEREDKV_SOCKET_DIR": names.socket_host_dir(agent.socket_dir, cache.namespace, cache.name),
         "TIEREDKV_READ_THREADS": agent.read_threads,
@@ -56,7 +63,9 @@ def agent_env(cache: CacheRef, spec: TieredKVCacheSpec, max_bytes: int | None) -
     return env
 
 
-def _container(cache: CacheRef, spec: TieredKVCacheSpec, image: str, max_bytes: int | None) -> Manifest:
+def _container(
+    cache: CacheRef, spec: TieredKVCacheSpec, image: str, max_bytes: int | None, config_hash: str
+) -> Manifest:
     socket_dir = names.socket_host_dir(spec.agent.socket_dir, cache.namespace, cache.name)
     store_mount: Manifest = {"name": STORE_VOLUME, "mountPath": names.STORE_MOUNT_PATH}
     if spec.storage.sub_path:
@@ -65,7 +74,7 @@ def _container(cache: CacheRef, spec: TieredKVCacheSpec, image: str, max_bytes: 
         "name": "agent",
         "image": image,
         "command": ["tieredkv-agent", "run"],
-        "env": agent_env(cache, spec, max_bytes),
+        "env": agent_env(cache, spec, max_bytes, config_hash),
         "ports": [{"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 5},
         "resources": spec.agent.resources,
@@ -85,6 +94,7 @@ def pod_template(
     *,
     image: str,
     max_bytes: int | None,
+    config_hash: str,
     pod_annotations: dict[str, str] | None = None,
 ) -> Manifest:
     """The agent pod template, stamped with the hash of its own content."""
@@ -94,7 +104,7 @@ def pod_template(
         "nodeSelector": spec.agent.node_selector,
         "tolerations": spec.agent.tolerations,
         "terminationGracePeriodSeconds": 30,
-        "containers": [_container(cache, spec, image, max_bytes)],
+        "containers": [_container(cache, spec, image, max_bytes, config_hash)],
         "volumes": [
             {"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": names.pvc_name(cache.name, spec)}},
             {"name": SOCKET_VOLUME, "hostPath": {"path": socket_dir, "type": "DirectoryOrCreate"}},
