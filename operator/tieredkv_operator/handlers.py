@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 
-from tieredkv_operator import __version__
-from tieredkv_operator.kube import Kube
+from tieredkv_operator import __version__, webhooks
+from tieredkv_operator.kube import shared
 from tieredkv_operator.reconcile import reconcile
 from tieredkv_operator.settings import OperatorSettings
 from tieredkv_operator.spec import GROUP, PLURAL, VERSION
@@ -24,17 +23,6 @@ from tieredkv_operator.spec import GROUP, PLURAL, VERSION
 log = logging.getLogger("tieredkv_operator")
 SETTINGS = OperatorSettings()
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_state: dict[str, Kube] = {}
-
-
-def _kube() -> Kube:
-    if "kube" not in _state:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        _state["kube"] = Kube(client.ApiClient())
-    return _state["kube"]
 
 
 @kopf.on.startup()
@@ -45,14 +33,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/operator"  # never added: there is no deletion handler
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    _kube()
+    webhooks.configure_server(settings)
+    shared()
     log.info("tieredkv-operator %s starting: %s", __version__, SETTINGS.summary())
 
 
 def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
     with _locks[body["metadata"]["uid"]]:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        outcome = reconcile(_kube(), dict(body), SETTINGS, now)
+        outcome = reconcile(shared(), dict(body), SETTINGS, now)
     patch.status.update(outcome.status)
     for kind, reason, message in outcome.events:
         kopf.event(body, type=kind, reason=reason, message=message)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tieredkv_operator.resources.names import FIELD_MANAGER
@@ -52,6 +53,20 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None) 
     prefix, plural = _PATHS[(api_version, kind)]
     path = f"/{prefix}/namespaces/{namespace}/{plural}"
     return f"{path}/{name}" if name else path
+
+
+_shared: dict[str, Kube] = {}
+
+
+def shared() -> Kube:
+    """The process's one API client, from in-cluster config or else $KUBECONFIG (created on first use)."""
+    if "kube" not in _shared:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        _shared["kube"] = Kube(client.ApiClient())
+    return _shared["kube"]
 
 
 class Kube:
@@ -129,3 +144,28 @@ class Kube:
         )
         items: list[Obj] = result.get("items") or []
         return items
+
+    def post_event(self, regarding: Obj, kind: str, reason: str, message: str, component: str) -> None:
+        """A core/v1 Event about `regarding` (an object with apiVersion, kind and metadata)."""
+        meta = regarding["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": regarding["apiVersion"],
+                "kind": regarding["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)

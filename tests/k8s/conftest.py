@@ -6,10 +6,12 @@ read at import time), so a user's own cluster is never touched without TIEREDKV_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from tests.k8s.operator_proc import OperatorProcess
 from tieredkv_devcluster import testing
+from tieredkv_devcluster.pki import issue_serving_cert
 
 if not testing.use_existing():
     _PINNED = Path(tempfile.mkdtemp(prefix="tieredkv-kubeconfig-")) / "kubeconfig"
@@ -90,3 +93,55 @@ def operator(
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
         print(f"\n[tieredkv] operator log (tail):\n{proc.tail()}")
+
+
+@pytest.fixture
+def webhook_operator(
+    request: pytest.FixtureRequest,
+    kube: testing.TestCluster,
+    tieredkv_crd: str,
+    ns: str,
+    api: client.ApiClient,
+) -> Iterator[OperatorProcess]:
+    """The real operator serving its webhooks on 127.0.0.1 with a certificate from the cluster CA."""
+    if kube.layout is None:
+        pytest.skip("the webhook test serves on loopback: needs the local control plane")
+    cert, key = issue_serving_cert(kube.layout.pki, f"webhook-{ns}", ["127.0.0.1"])
+    name = f"{ns}.test.tieredkv.io"  # webhook names are <handler id>.<this>: a domain of 3+ labels
+    proc = OperatorProcess(
+        kube,
+        ns,
+        ARTIFACTS / ns,
+        webhook_enabled="true",
+        webhook_listen_host="127.0.0.1",
+        webhook_public_host="127.0.0.1",
+        webhook_port=str(_free_port()),
+        webhook_cert_file=str(cert),
+        webhook_key_file=str(key),
+        webhook_ca_file=str(kube.layout.pki / "ca.crt"),
+        webhook_configuration_name=name,
+    )
+    proc.start()
+    admission = client.AdmissionregistrationV1Api(api)
+    testing.wait_for(lambda: admission.read_mutating_webhook_configuration(name), 30, "the mutating webhook")
+    testing.wait_for(
+        lambda: admission.read_validating_webhook_configuration(name), 30, "the validating webhook"
+    )
+    yield proc
+    proc.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"\n[tieredkv] operator log (tail):\n{proc.tail()}")
+    for delete in (
+        admission.delete_mutating_webhook_configuration,
+        admission.delete_validating_webhook_configuration,
+    ):
+        with contextlib.suppress(Exception):
+            delete(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

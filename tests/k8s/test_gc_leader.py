@@ -103,8 +103,10 @@ class LeaderCount:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.01):
+        while True:
             self.most = max(self.most, sum(a.is_leader for a in self.agents))
+            if self._stop.wait(0.01):
+                return
 
     def __enter__(self) -> LeaderCount:
         self._thread.start()
@@ -113,6 +115,7 @@ class LeaderCount:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.most = max(self.most, sum(a.is_leader for a in self.agents))
 
 
 def holder(api: client.ApiClient, ns: str) -> str | None:

@@ -1,0 +1,147 @@
+"""kopf admission handlers: pod injection (mutating) and TieredKVCache validation. Thin: the decisions are
+the pure functions in resources/injection.py and resources/validation.py.
+
+kopf calls these on its admission server, in executor threads, for every matching API request: they read
+only kopf's in-memory index of caches and never call the API server (an Event is posted on the cache
+for a pod that is left alone, which kopf does asynchronously).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import kopf
+
+from tieredkv_operator.kube import KubeError, shared
+from tieredkv_operator.resources import names
+from tieredkv_operator.resources.injection import inject
+from tieredkv_operator.resources.injection_model import cache_view
+from tieredkv_operator.resources.validation import validate
+from tieredkv_operator.settings import OperatorSettings
+from tieredkv_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("tieredkv_operator.webhooks")
+SETTINGS = OperatorSettings()
+WATCHED_NAMESPACES: set[str] = set()
+"""Set by the CLI when the operator is namespace-scoped; empty means every namespace."""
+
+
+class NamespacedWebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, plus one fix-up: an object created without `metadata.namespace` reaches
+    admission without one on older API servers (1.20 fills it in only after admission), and kopf passes
+    handlers the object, not the request. The request's namespace is copied into the object first.
+    """
+
+    def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        def with_namespace(request: Any, **kwargs: Any) -> Awaitable[Any]:
+            req: dict[str, Any] = request.get("request", {})
+            obj, namespace = req.get("object"), req.get("namespace")
+            if isinstance(obj, dict) and namespace:
+                obj.setdefault("metadata", {}).setdefault("namespace", namespace)
+            return fn(request, **kwargs)
+
+        return super().__call__(with_namespace)
+
+
+def configure_server(settings: kopf.OperatorSettings) -> None:
+    """Serve the webhooks with the given certificate; kopf keeps the webhook configurations up to date."""
+    if not SETTINGS.webhook_enabled:
+        return
+    settings.admission.server = NamespacedWebhookServer(
+        addr=SETTINGS.webhook_listen_host,
+        port=SETTINGS.webhook_port,
+        host=SETTINGS.webhook_public_host or None,
+        certfile=str(SETTINGS.webhook_cert_file) if SETTINGS.webhook_cert_file else None,
+        pkeyfile=str(SETTINGS.webhook_key_file) if SETTINGS.webhook_key_file else None,
+        cafile=str(SETTINGS.webhook_ca_file) if SETTINGS.webhook_ca_file else None,
+    )
+    settings.admission.managed = SETTINGS.webhook_configuration_name
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def caches_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every TieredKVCache body, keyed by namespace, for the pod webhook."""
+    return {namespace or "": dict(body)}
+
+
+def _namespace_served(namespace: str) -> bool:
+    if SETTINGS.namespace and namespace == SETTINGS.namespace:
+        return False  # never inject the operator's own pods
+    return not WATCHED_NAMESPACES or namespace in WATCHED_NAMESPACES
+
+
+@kopf.on.mutate(
+    "",
+    "v1",
+    "pods",
+    id="inject",
+    operations=["CREATE"],
+    ignore_failures=True,
+    labels={names.LABEL_INJECT: "true"},
+)
+def inject_pod(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    dryrun: bool,
+    **kwargs: Any,
+) -> None:
+    """Add seed, config and mounts to an opted-in vLLM pod, or annotate why it was left alone."""
+    caches_by_namespace: kopf.Index[str, dict[str, Any]] = kwargs["caches_by_namespace"]
+    namespace = body.get("metadata", {}).get("namespace") or ""
+    if not _namespace_served(namespace):
+        return
+    bodies = list(caches_by_namespace.get(namespace, []))
+    result = inject(dict(body), [cache_view(b) for b in bodies], plugin_image=SETTINGS.agent_image)
+    if result.changed:
+        patch["metadata"] = {k: result.pod["metadata"].get(k) for k in ("labels", "annotations")}
+        patch["spec"] = {
+            k: v for k, v in result.pod["spec"].items() if k in ("containers", "initContainers", "volumes")
+        }
+    if result.skip_reason is not None or result.warnings:
+        warnings.append(result.message)
+        owner = next((b for b in bodies if b["metadata"]["name"] == result.cache), None)
+        if owner is not None and not dryrun:
+            pod = body.get("metadata", {}).get("name") or body.get("metadata", {}).get("generateName", "pod")
+            reason = "PodSkipped" if result.skip_reason else "PodInjectedWithWarnings"
+            _post_event(owner, reason, f"pod {pod}: {result.message}")
+
+
+_events: queue.Queue[tuple[dict[str, Any], str, str]] = queue.Queue(maxsize=1000)
+_poster: list[threading.Thread] = []
+
+
+def _post_event(owner: dict[str, Any], reason: str, message: str) -> None:
+    """Queue a Warning Event on the cache; a daemon thread posts it, so admission never waits on the API.
+
+    kopf's own event posting is unavailable in admission handlers. A full queue drops the Event (the pod
+    annotation and the admission warning still say what happened).
+    """
+    if not _poster:
+        _poster.append(threading.Thread(target=_post_events, name="webhook-events", daemon=True))
+        _poster[0].start()
+    with contextlib.suppress(queue.Full):
+        _events.put_nowait((owner, reason, message))
+
+
+def _post_events() -> None:
+    while True:
+        owner, reason, message = _events.get()
+        try:
+            shared().post_event(owner, "Warning", reason, message, component="tieredkv-webhook")
+        except KubeError as err:
+            log.warning("could not post Event %s on %s: %s", reason, owner["metadata"]["name"], err)
+
+
+@kopf.on.validate(GROUP, VERSION, PLURAL, id="validate", operations=["CREATE", "UPDATE"])
+def validate_cache(body: kopf.Body, **kwargs: Any) -> None:
+    """Refuse cross-field and immutability violations the 1.20 API server cannot express in the schema."""
+    old = kwargs.get("old")
+    errors = validate(dict(body), dict(old) if old else None)
+    if errors:
+        raise kopf.AdmissionError("; ".join(errors), code=422)
