@@ -35,9 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
-    from tieredkv_operator import handlers, webhooks  # noqa: F401  (importing registers the handlers)
+    from tieredkv_operator import handlers  # importing registers the handlers
 
-    webhooks.WATCHED_NAMESPACES.update(args.namespace)
+    if handlers.SETTINGS.webhook_enabled:
+        from tieredkv_operator import webhooks
+
+        webhooks.WATCHED_NAMESPACES.update(args.namespace)
 
     kopf.configure(verbose=False)
     namespaces: list[str] = args.namespace

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from tieredkv_operator import __version__, webhooks
+from tieredkv_operator import __version__
 from tieredkv_operator.kube import shared
 from tieredkv_operator.reconcile import reconcile
 from tieredkv_operator.settings import OperatorSettings
@@ -33,7 +33,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/operator"  # never added: there is no deletion handler
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
-    webhooks.configure_server(settings)
     shared()
     log.info("tieredkv-operator %s starting: %s", __version__, SETTINGS.summary())
 

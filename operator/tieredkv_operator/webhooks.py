@@ -48,10 +48,12 @@ class NamespacedWebhookServer(kopf.WebhookServer):
         return super().__call__(with_namespace)
 
 
-def configure_server(settings: kopf.OperatorSettings) -> None:
-    """Serve the webhooks with the given certificate; kopf keeps the webhook configurations up to date."""
-    if not SETTINGS.webhook_enabled:
-        return
+@kopf.on.startup()
+def configure_server(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Serve the webhooks with the given certificate; kopf keeps the webhook configurations up to date.
+
+    This module is imported (and its handlers registered) only when webhooks are enabled.
+    """
     settings.admission.server = NamespacedWebhookServer(
         addr=SETTINGS.webhook_listen_host,
         port=SETTINGS.webhook_port,

@@ -16,9 +16,9 @@ from tieredkv_devcluster import testing
 pytestmark = pytest.mark.k8s
 
 
-def vllm_pod(name: str, **container: Any) -> dict[str, Any]:
+def vllm_pod(name: str, container_name: str = "vllm", **container: Any) -> dict[str, Any]:
     main = {
-        "name": "vllm",
+        "name": container_name,
         "image": "vllm/vllm-openai:v0.33.0",
         "command": ["vllm", "serve"],
         "args": ["meta-llama/Llama-3.1-8B", "--port=8000"],
