@@ -169,3 +169,8 @@ class Kube:
             "count": 1,
         }
         self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        """Merge-patch a TieredKVCache's status subresource (lists such as conditions are replaced whole)."""
+        path = _path("tieredkv.io/v1alpha1", "TieredKVCache", namespace, name) + "/status"
+        self._call("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

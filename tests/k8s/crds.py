@@ -26,6 +26,7 @@ WIDGET_CRD: dict[str, Any] = {
                                 "properties": {
                                     "size": {"type": "integer", "minimum": 1, "maximum": 10},
                                     "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                                    "note": {"type": "string"},
                                 },
                             },
                             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},

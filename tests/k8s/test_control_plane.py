@@ -63,6 +63,15 @@ def test_an_invalid_custom_object_is_rejected_with_422_naming_every_bad_field(
     assert "spec.size" in err.value.body and "spec.color" in err.value.body
 
 
+def test_an_empty_string_is_a_valid_string_in_a_custom_object(
+    widget_crd: str, api: client.ApiClient, ns: str
+) -> None:
+    """Regression: built with Go >= 1.18, the unpatched 1.20 validator took "" for null and refused it."""
+    custom = client.CustomObjectsApi(api)
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, widget("e", size=1, note=""))
+    assert created["spec"]["note"] == ""
+
+
 def test_a_watch_sees_added_modified_and_deleted_in_order(
     widget_crd: str, api: client.ApiClient, ns: str
 ) -> None:
