@@ -1,7 +1,7 @@
 """kopf handlers of the operator. Thin by design: each one delegates to `reconcile` or to a pure function.
 
 kopf runs these synchronous handlers on its executor threads; a per-cache lock keeps the create/update/
-resume handler and the drift timer from reconciling one cache at the same time.
+resume handler, the drift timer and child events from reconciling one cache at the same time.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _now() -> str:
 
 
 def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
-    with _locks[body["metadata"]["uid"]]:
+    meta = body["metadata"]
+    with _locks[f"{meta['namespace']}/{meta['name']}"]:
         outcome = reconcile(shared(), dict(body), SETTINGS, _now())
     patch.status.update(outcome.status)
     for kind, reason, message in outcome.events:
@@ -62,37 +63,43 @@ def reconcile_cache(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "daemonsets", labels={names.LABEL_CACHE: kopf.PRESENT})
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels={names.LABEL_CACHE: kopf.PRESENT})
-@kopf.on.event("", "v1", "pods", labels={names.LABEL_CACHE: kopf.PRESENT})
 def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    """A child or a pod of a cache changed: reconcile that cache now instead of at the next drift tick.
+    """A child of a cache changed: converge that cache now (repairs a deleted child at once)."""
+    _refresh(namespace or "", labels[names.LABEL_CACHE], apply=True)
 
-    Coalesced: while one reconcile of a cache waits for the cache's lock, further events are dropped; the
+
+@kopf.on.event("", "v1", "pods", labels={names.LABEL_CACHE: kopf.PRESENT})
+def pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """A pod of a cache changed: refresh the cache's status (injected pods, seed consistency)."""
+    _refresh(namespace or "", labels[names.LABEL_CACHE], apply=False)
+
+
+def _refresh(namespace: str, name: str, *, apply: bool) -> None:
+    """Reconcile a cache outside kopf's own handlers, patching its status through our API module.
+
+    Coalesced: while one refresh of a cache waits for the cache's lock, further ones are dropped; the
     waiting one reads the cache after it takes the lock, so it sees what they announced.
     """
-    kube, name = shared(), labels[names.LABEL_CACHE]
-    try:
-        body = kube.get(API_VERSION, KIND, namespace or "", name)
-    except KubeError as err:
-        log.warning("cache %s/%s: %s", namespace, name, err)
-        return
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    uid = body["metadata"]["uid"]
+    key = f"{namespace}/{name}"
     with _waiting_lock:
-        if uid in _waiting:
+        if key in _waiting:
             return
-        _waiting.add(uid)
-    with _locks[uid]:
+        _waiting.add(key)
+    kube = shared()
+    with _locks[key]:
         with _waiting_lock:
-            _waiting.discard(uid)
-        fresh = kube.get(API_VERSION, KIND, namespace or "", name)
-        if fresh is None or fresh["metadata"]["uid"] != uid:
-            return
-        outcome = reconcile(kube, fresh, SETTINGS, _now())
-        if outcome.status != (fresh.get("status") or {}):
-            kube.patch_status(namespace or "", name, outcome.status)
-    for kind, reason, message in outcome.events:
-        kube.post_event(body, kind, reason, message, component="tieredkv-operator")
+            _waiting.discard(key)
+        try:
+            body = kube.get(API_VERSION, KIND, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            outcome = reconcile(kube, body, SETTINGS, _now(), apply=apply)
+            if outcome.status != (body.get("status") or {}):
+                kube.patch_status(namespace, name, outcome.status)
+            for kind, reason, message in outcome.events:
+                kube.post_event(body, kind, reason, message, component="tieredkv-operator")
+        except KubeError as err:
+            log.warning("cache %s: %s", key, err)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.drift_interval_seconds)

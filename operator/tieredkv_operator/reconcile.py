@@ -108,7 +108,12 @@ def _ensure_seed(kube: Kube, cache: CacheRef, spec: TieredKVCacheSpec, attempt: 
         attempt("Secret", lambda: kube.apply(meta_only))
 
 
-def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str) -> Outcome:
+def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, apply: bool = True) -> Outcome:
+    """Converge the children of the cache in `body` (unless `apply` is False) and compute its status.
+
+    With apply=False nothing is written: the children are only read, for a status refresh after one of
+    them (or a pod of the cache) changed.
+    """
     meta = body["metadata"]
     cache = CacheRef(meta["name"], meta["namespace"], meta["uid"], int(meta.get("generation") or 0))
     previous: list[Obj] = (body.get("status") or {}).get("conditions") or []
@@ -122,13 +127,25 @@ def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str) -> Ou
         errors.append(f"{what}: {err}")
 
     if spec is not None:
-        _apply_all(kube, cache, spec, settings=settings, observed=observed, note=note)
-        seed_name, _ = names.seed_secret(cache.name, spec)
+        if apply:
+            _apply_all(kube, cache, spec, settings=settings, observed=observed, note=note)
         try:
-            observed.seed_secret = kube.get("v1", "Secret", cache.namespace, seed_name)
-            observed.pods = kube.list("v1", "Pod", cache.namespace, f"{names.LABEL_CACHE}={cache.name}")
+            _observe(kube, cache, spec, observed, children=not apply)
         except KubeError as err:
             note("observe", err)
         observed.apply_error = "; ".join(errors) or None
     new = status_mod.compute_status(cache.name, observed, previous, now)
     return Outcome(status=new, events=status_mod.transition_events(previous, new["conditions"]))
+
+
+def _observe(
+    kube: Kube, cache: CacheRef, spec: TieredKVCacheSpec, observed: status_mod.Observed, *, children: bool
+) -> None:
+    """Read what the status depends on; `children` also reads what _apply_all would have returned."""
+    ns = cache.namespace
+    if children:
+        observed.pvc = kube.get("v1", "PersistentVolumeClaim", ns, names.pvc_name(cache.name, spec))
+        observed.daemon_set = kube.get("apps/v1", "DaemonSet", ns, names.agent_name(cache.name))
+        observed.config_hash = vllm_configmap.rendered(cache, spec)[1]
+    observed.seed_secret = kube.get("v1", "Secret", ns, names.seed_secret(cache.name, spec)[0])
+    observed.pods = kube.list("v1", "Pod", ns, f"{names.LABEL_CACHE}={cache.name}")

@@ -1,9 +1,10 @@
 """kopf admission handlers: pod injection (mutating) and TieredKVCache validation. Thin: the decisions are
 the pure functions in resources/injection.py and resources/validation.py.
 
-kopf calls these on its admission server, in executor threads, for every matching API request: they read
-only kopf's in-memory index of caches and never call the API server (an Event is posted on the cache
-for a pod that is left alone, which kopf does asynchronously).
+kopf calls these on its event loop for every matching API request. They are async on purpose: sync
+handlers would queue behind reconciles in kopf's executor threads. They do only pure, sub-millisecond
+work over kopf's in-memory index of caches and never call the API server (an Event about a pod that was
+left alone is queued for a background thread to post).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _namespace_served(namespace: str) -> bool:
     ignore_failures=True,
     labels={names.LABEL_INJECT: "true"},
 )
-def inject_pod(
+async def inject_pod(
     body: kopf.Body,
     patch: kopf.Patch,
     warnings: list[str],
@@ -141,7 +142,7 @@ def _post_events() -> None:
 
 
 @kopf.on.validate(GROUP, VERSION, PLURAL, id="validate", operations=["CREATE", "UPDATE"])
-def validate_cache(body: kopf.Body, **kwargs: Any) -> None:
+async def validate_cache(body: kopf.Body, **kwargs: Any) -> None:
     """Refuse cross-field and immutability violations the 1.20 API server cannot express in the schema."""
     old = kwargs.get("old")
     errors = validate(dict(body), dict(old) if old else None)

@@ -1,0 +1,173 @@
+"""GC scan and eviction throughput over many small block files in the real layout, on a real disk.
+
+usage: .venv/bin/python bench/gc_scan.py [--files 200000] [--reps 3] [--threads 1,4] [--dir /var/tmp]
+                                         [--evict-fraction 0.1] [--out bench/results/gc_scan.json]
+
+Creates `--files` block files of 0-4 KiB with random 32-byte hashes, so that they spread over the
+4096 `<h[0:3]>` directories and, at 200k files, about one `<h[3:5]>_g0` leaf directory per file, as
+real sha256 names do; their mtimes spread over ten days. They go under a fresh directory in `--dir`,
+which is refused if it is tmpfs/ramfs: a scan of RAM says nothing about a disk. Then:
+
+* scan: `scan_volume` `--reps` times per thread count -> files/s, median/min/max; warm page cache,
+  and cold too (caches dropped before each rep) when this runs as root;
+* eviction (warm): `--reps` times, plan freeing `--evict-fraction` of the remaining bytes and run
+  the walk (re-stat every block, unlink the planned ones) -> evicted files/s and walked files/s.
+
+The tree is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tieredkv_agent.capacity.evict import evict, plan_eviction
+from tieredkv_agent.capacity.scan import Cutoffs, scan_volume
+from tieredkv_agent.store.naming import block_path, make_offload_key
+
+RAM_FILESYSTEMS = {"tmpfs", "ramfs"}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding `path`, from the longest matching mount point."""
+    best, fstype = "", "unknown"
+    resolved = str(path.resolve())
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        mount = fields[1].replace("\\040", " ")
+        if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+            best, fstype = mount, fields[2]
+    return fstype
+
+
+def create_tree(root: Path, count: int, seed: int) -> float:
+    """`count` block files under one namespace; returns the creation rate in files/s."""
+    rng = random.Random(seed)
+    blocks = root / "bench-model_0123456789ab_r0"
+    (root / "bench-model_0123456789ab").mkdir()
+    (root / "bench-model_0123456789ab" / "config.json").write_text('{"model_name": "bench-model"}')
+    now = time.time()
+    made: set[str] = set()
+    started = time.monotonic()
+    for _ in range(count):
+        path = block_path(blocks, make_offload_key(rng.randbytes(32), 0))
+        leaf = path.rpartition("/")[0]
+        if leaf not in made:
+            Path(leaf).mkdir(parents=True, exist_ok=True)
+            made.add(leaf)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"\0" * rng.randint(0, 4096))
+        finally:
+            os.close(fd)
+        age = rng.uniform(3600, 10 * 86400)
+        os.utime(path, (now - age, now - age))
+    return count / (time.monotonic() - started)
+
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_caches() -> bool:
+    """Empty the page, dentry and inode caches (root only); False if not permitted."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3")
+    except OSError:
+        return False
+    return True
+
+
+def bench_scan(root: Path, threads: int, reps: int, cold: bool) -> dict[str, Any]:
+    rates, seconds, files = [], [], 0
+    scan_volume(root, Cutoffs.at(time.time(), 60, 600), threads=threads)  # warm-up
+    for _ in range(reps):
+        if cold:
+            drop_caches()
+        result = scan_volume(root, Cutoffs.at(time.time(), 60, 600), threads=threads)
+        files = result.files
+        seconds.append(result.duration_s)
+        rates.append(result.files / result.duration_s)
+    return {
+        "threads": threads,
+        "cache": "cold" if cold else "warm",
+        "files": files,
+        "files_per_s": summary(rates),
+        "seconds": summary(seconds),
+    }
+
+
+def bench_evict(root: Path, threads: int, reps: int, fraction: float) -> dict[str, Any]:
+    evicted_rates, walked_rates, seconds, evicted = [], [], [], []
+    for _ in range(reps):
+        cutoffs = Cutoffs.at(time.time(), 60, 600)
+        scan = scan_volume(root, cutoffs, threads=threads)
+        plan = plan_eviction(scan.evictable, int(scan.bytes * fraction), cutoffs.evictable_ns)
+        started = time.monotonic()
+        result = evict(plan, scan.prefix_dirs, threads=threads, record_limit=0)
+        elapsed = time.monotonic() - started
+        seconds.append(elapsed)
+        evicted.append(result.files)
+        evicted_rates.append(result.files / elapsed)
+        walked_rates.append(scan.files / elapsed)
+    return {
+        "threads": threads,
+        "fraction_of_bytes": fraction,
+        "evicted_files": evicted,
+        "evicted_files_per_s": summary(evicted_rates),
+        "walked_files_per_s": summary(walked_rates),
+        "seconds": summary(seconds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", default="1,4", help="comma-separated scan thread counts")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--evict-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/gc_scan.json"))
+    args = parser.parse_args()
+    fstype = filesystem_type(args.dir)
+    if fstype in RAM_FILESYSTEMS:
+        sys.exit(f"{args.dir} is {fstype}: pick a directory on a real disk with --dir")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="tieredkv-bench-gc-", dir=args.dir))
+    try:
+        create_rate = create_tree(root, args.files, args.seed)
+        result: dict[str, Any] = {
+            "files": args.files,
+            "file_sizes": "0-4096 B uniform",
+            "filesystem": fstype,
+            "cpus": os.cpu_count(),
+            "reps": args.reps,
+            "create_files_per_s": create_rate,
+            "scan": [bench_scan(root, threads, args.reps, cold=False) for threads in thread_counts],
+        }
+        if drop_caches():
+            result["scan"] += [bench_scan(root, threads, args.reps, cold=True) for threads in thread_counts]
+        result["evict"] = bench_evict(root, max(thread_counts), args.reps, args.evict_fraction)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
