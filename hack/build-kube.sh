@@ -8,7 +8,7 @@ set -euo pipefail
 
 KUBE_VERSION=v1.20.2
 # Bump when the build recipe changes, so machines holding an older build rebuild once.
-RECIPE="2: vendored reflect2 -> 1.0.2 and json-iterator -> 1.1.12 from Debian"
+RECIPE="3: reflect2 1.0.2 + json-iterator 1.1.12 from Debian; OpenAPI zero-value check fixed for Go >= 1.18"
 CACHE=${TIEREDKV_CACHE:-$HOME/.cache/tieredkv}
 OUT=${1:-$CACHE/kube-1.20.2}
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
@@ -67,6 +67,13 @@ swap_vendored() {  # swap_vendored <import path>: replace the vendored package's
 }
 swap_vendored modern-go/reflect2
 swap_vendored json-iterator/go
+# The OpenAPI type validator treats a value as null when it DeepEquals reflect.Zero of its type. Under
+# Go >= 1.18 an empty string boxed in an interface shares the runtime's zero value, so "" in a custom
+# object was rejected as null. Only a real nil is null (the behaviour the code had under older Go).
+for f in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go vendor/github.com/go-openapi/validate/type.go; do
+  sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$SRC/$f"
+  grep -q 'if data == nil {$' "$SRC/$f" || { echo "zero-value patch did not apply to $f" >&2; exit 1; }
+done
 
 mkdir -p "$SRC/.go/src/k8s.io"
 ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"

@@ -1,6 +1,9 @@
 """Command line of the node agent process (`tieredkv-agent`)."""
 
+from __future__ import annotations
+
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -9,8 +12,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from tieredkv_agent import __version__
+
+if TYPE_CHECKING:
+    from tieredkv_agent.config import AgentSettings
 
 log = logging.getLogger("tieredkv_agent")
 
@@ -19,10 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tieredkv-agent",
         description="Run the tieredkv node agent: shared-volume block I/O, node RAM tier and capacity GC.",
+        epilog="Settings come from TIEREDKV_* environment variables and the file given by --config.",
     )
     parser.add_argument("--version", action="version", version=f"tieredkv-agent {__version__}")
+    parser.add_argument("--config", type=Path, help="YAML or JSON settings file (TIEREDKV_CONFIG_FILE)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve until SIGTERM (metrics on $TIEREDKV_POD_IP:$TIEREDKV_METRICS_PORT)")
+    sub.add_parser("run", help="serve until SIGTERM: metrics, GC leader election and GC passes")
+    gc = sub.add_parser("gc", help="one GC pass over the store directory (what would be evicted, by default)")
+    mode = gc.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", default=True, help="report only (the default)")
+    mode.add_argument(
+        "--apply", action="store_true", help="really delete; only while no agent is GC leader for this volume"
+    )
+    sub.add_parser("inspect", help="usage per namespace directory and the compat profile of each (JSON)")
     install = sub.add_parser(
         "install-plugin", help="copy the vLLM tier plugin into DIR (for an init container)"
     )
@@ -33,26 +51,51 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "run":
-        return _run()
     if args.command == "install-plugin":
         return _install_plugin(args.dir)
-    return 2  # pragma: no cover - argparse rejects unknown commands first
+    if args.config is not None:
+        os.environ["TIEREDKV_CONFIG_FILE"] = str(args.config)
+    from tieredkv_agent.config import AgentSettings
+    from tieredkv_agent.service import StartupError
+
+    try:
+        settings = AgentSettings()
+        if args.command == "run":
+            return _run(settings)
+        if args.command == "gc":
+            return _gc(settings, apply=args.apply)
+        return _inspect(settings)
+    except ValidationError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
 
 
-def _run() -> int:
-    """Main thread: serve metrics and wait for SIGTERM; the data path comes with the agent-core issue."""
-    from tieredkv_agent import metrics
+def _run(settings: AgentSettings) -> int:
+    from tieredkv_agent import service
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    host = os.environ.get("TIEREDKV_POD_IP") or "0.0.0.0"
-    port = int(os.environ.get("TIEREDKV_METRICS_PORT", "9400"))
-    metrics.serve(host, port)
-    log.info("tieredkv-agent %s started: metrics on %s:%d (no tiers configured yet)", __version__, host, port)
-    stop.wait()
-    log.info("tieredkv-agent stopping")
+    service.serve(settings, stop)
+    return 0
+
+
+def _gc(settings: AgentSettings, *, apply: bool) -> int:
+    from tieredkv_agent import service
+
+    service.check_store_dir(settings)
+    report = service.capacity_manager(settings, None).run_pass(dry_run=not apply)
+    print(json.dumps(report.summary(), indent=2, default=str))
+    return 0
+
+
+def _inspect(settings: AgentSettings) -> int:
+    from tieredkv_agent.capacity import inspect_volume
+
+    print(json.dumps(inspect_volume(settings.store_dir).as_dict(), indent=2, default=str))
     return 0
 
 

@@ -1,0 +1,107 @@
+"""The agent process's configuration: one pydantic settings model, from a file and TIEREDKV_* variables.
+
+Sources, later ones winning: defaults, the YAML or JSON file named by TIEREDKV_CONFIG_FILE (or the CLI's
+--config), environment variables. The operator renders the variables (see operator resources/agents.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class FileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML/JSON file named by TIEREDKV_CONFIG_FILE (keys are the field names)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("TIEREDKV_CONFIG_FILE")
+        if not path:
+            return {}
+        text = Path(path).read_text()
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config file must hold a mapping of settings")
+        return data
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIEREDKV_", extra="forbid")
+
+    # Identity (the downward API fills these in a pod).
+    cache_name: str = "local"
+    cache_namespace: str = ""
+    node_name: str = ""
+    pod_name: str = ""
+    pod_ip: str = ""
+    mode: Literal["agent", "native"] = "native"
+    vllm_version: str = ""
+    vllm_config_hash: str = ""
+
+    # Where things are.
+    store_dir: Path = Path("/var/lib/tieredkv/store")
+    """The cache's directory on the shared volume (the claim's subPath is already applied)."""
+    socket_dir: Path = Path("/var/run/tieredkv/local")
+
+    # File-tier I/O.
+    read_threads: int = Field(default=8, ge=1, le=1024)
+    write_threads: int = Field(default=4, ge=1, le=1024)
+    ram_tier_bytes: int = Field(default=0, ge=0)
+    store_admission_threshold: int = Field(default=0, ge=0)
+    store_admission_max_tracker_size: int = Field(default=64000, ge=1)
+
+    # Capacity management.
+    max_bytes: int | None = Field(default=None, gt=0)
+    high_watermark: float = Field(default=0.9, gt=0, le=1)
+    low_watermark: float = Field(default=0.8, ge=0, lt=1)
+    gc_grace_seconds: float = Field(default=120.0, ge=0)
+    gc_temp_timeout_seconds: float = Field(default=600.0, ge=0)
+    gc_scan_interval_seconds: float = Field(default=30.0, gt=0)
+    gc_scan_threads: int = Field(default=4, ge=1, le=64)
+    gc_lease_name: str = ""
+    """Lease used to elect the GC leader; empty (outside a cluster) uses a lock file on the volume."""
+
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    """0 disables the metrics endpoint."""
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> Self:
+        if self.low_watermark >= self.high_watermark:
+            raise ValueError(
+                f"low_watermark ({self.low_watermark}) must be below high_watermark ({self.high_watermark})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileSource(settings_cls)
+
+    @property
+    def identity(self) -> str:
+        """Who this agent is in leader elections and logs."""
+        return self.pod_name or self.node_name or os.uname().nodename
+
+    def summary(self) -> str:
+        """The start-up line's config part (the settings hold no secrets; the seed is not among them)."""
+        limit = "filesystem size" if self.max_bytes is None else f"{self.max_bytes} bytes"
+        cache = f"{self.cache_namespace}/{self.cache_name}"
+        return (
+            f"cache {cache} mode {self.mode} vllm {self.vllm_version or '?'} store {self.store_dir} "
+            f"threads r{self.read_threads}/w{self.write_threads} "
+            f"capacity {limit} at {self.high_watermark:g}->{self.low_watermark:g}"
+        )

@@ -1,0 +1,81 @@
+"""`tieredkv-agent run`: start the agent's parts from its settings and keep them running until SIGTERM.
+
+The main thread calls `serve`; the parts run on their own threads (metrics HTTP server, GC leader
+election and passes) and are stopped in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+
+from tieredkv_agent import __version__, metrics
+from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElector
+from tieredkv_agent.config import AgentSettings
+
+log = logging.getLogger("tieredkv_agent")
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message says why and what to fix."""
+
+
+def check_store_dir(settings: AgentSettings) -> None:
+    """The store directory must exist and take a file: fail at start, not on the first store."""
+    store = settings.store_dir
+    if not store.is_dir():
+        raise StartupError(f"store directory {store} does not exist: mount the cache's volume there")
+    try:
+        with tempfile.NamedTemporaryFile(dir=store, prefix=".tieredkv-probe-", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise StartupError(f"store directory {store} is not writable: {exc.strerror or exc}") from exc
+
+
+def elector(settings: AgentSettings) -> LeaderElector:
+    """The Lease elector inside a cluster, else a lock file on the volume (single node or dev)."""
+    if settings.gc_lease_name and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        from tieredkv_agent.capacity.lease import LeaseElector
+
+        return LeaseElector.in_cluster(
+            settings.cache_name, settings.identity, namespace=settings.cache_namespace or None
+        )
+    return FileLockElector(settings.store_dir, settings.identity)
+
+
+def capacity_manager(settings: AgentSettings, leader: LeaderElector | None) -> CapacityManager:
+    return CapacityManager(
+        settings.store_dir,
+        max_bytes=settings.max_bytes,
+        high_watermark=settings.high_watermark,
+        low_watermark=settings.low_watermark,
+        grace_s=settings.gc_grace_seconds,
+        temp_timeout_s=settings.gc_temp_timeout_seconds,
+        scan_interval_s=settings.gc_scan_interval_seconds,
+        scan_threads=settings.gc_scan_threads,
+        elector=leader,
+    )
+
+
+def serve(settings: AgentSettings, stop: threading.Event) -> None:
+    """Run until `stop` is set (main thread). Raises StartupError before starting anything it cannot run."""
+    check_store_dir(settings)
+    log.info(
+        "tieredkv-agent %s starting: %s; compat profile: vllm %s config %s",
+        __version__,
+        settings.summary(),
+        settings.vllm_version or "?",
+        settings.vllm_config_hash or "?",
+    )
+    if settings.metrics_port:
+        metrics.serve(settings.pod_ip or "0.0.0.0", settings.metrics_port)
+    manager = capacity_manager(settings, elector(settings))
+    metrics.CAPACITY.manager = manager
+    manager.start()
+    try:
+        stop.wait()
+    finally:
+        log.info("tieredkv-agent stopping")
+        manager.stop(release=True)

@@ -1,0 +1,116 @@
+"""The agent's settings and command line: sources, validation, and clear start-up failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tieredkv_agent.config import AgentSettings
+
+pytestmark = pytest.mark.unit
+
+
+def agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDKV_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tieredkv_agent.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_settings_read_the_variables_the_operator_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIEREDKV_READ_THREADS", "3")
+    monkeypatch.setenv("TIEREDKV_MAX_BYTES", "1000")
+    monkeypatch.setenv("TIEREDKV_STORE_DIR", "/x")
+    s = AgentSettings()
+    assert (s.read_threads, s.max_bytes, s.store_dir) == (3, 1000, Path("/x"))
+
+
+def test_environment_variables_override_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("read_threads: 5\nwrite_threads: 6\n")
+    monkeypatch.setenv("TIEREDKV_CONFIG_FILE", str(config))
+    monkeypatch.setenv("TIEREDKV_WRITE_THREADS", "7")
+    s = AgentSettings()
+    assert (s.read_threads, s.write_threads) == (5, 7)
+
+
+def test_unknown_or_invalid_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({"read_thread": 5}))
+    monkeypatch.setenv("TIEREDKV_CONFIG_FILE", str(config))
+    with pytest.raises(ValueError, match="read_thread"):
+        AgentSettings()
+
+
+def test_run_exits_non_zero_naming_a_store_directory_that_does_not_exist(tmp_path: Path) -> None:
+    result = agent("run", TIEREDKV_STORE_DIR=str(tmp_path / "absent"), TIEREDKV_METRICS_PORT="0")
+    assert result.returncode == 1
+    assert "store directory" in result.stderr and "does not exist" in result.stderr
+
+
+def test_run_exits_non_zero_when_the_store_directory_is_not_writable(tmp_path: Path) -> None:
+    store = tmp_path / "ro"
+    store.mkdir()
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(store)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        store.chmod(0o500)
+        if os.access(store, os.W_OK):
+            pytest.skip("cannot make a directory unwritable here (root without mount)")
+    try:
+        result = agent("run", TIEREDKV_STORE_DIR=str(store), TIEREDKV_METRICS_PORT="0")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(store)], check=False)
+    assert result.returncode == 1
+    assert "not writable" in result.stderr
+
+
+def test_invalid_settings_exit_2_with_the_field_named(tmp_path: Path) -> None:
+    result = agent("run", TIEREDKV_STORE_DIR=str(tmp_path), TIEREDKV_HIGH_WATERMARK="0.5")
+    assert result.returncode == 2 and "low_watermark" in result.stderr
+
+
+def test_gc_reports_what_it_would_evict_without_deleting(tmp_path: Path) -> None:
+    block = tmp_path / "m_0123456789ab_r0" / "abc" / "de_g0" / ("abcde" + "0" * 59 + ".bin")
+    block.parent.mkdir(parents=True)
+    block.write_bytes(b"x" * 4096)
+    os.utime(block, (1, 1))
+    result = agent(
+        "gc",
+        TIEREDKV_STORE_DIR=str(tmp_path),
+        TIEREDKV_MAX_BYTES="4096",
+        TIEREDKV_HIGH_WATERMARK="0.5",
+        TIEREDKV_LOW_WATERMARK="0.1",
+        TIEREDKV_GC_GRACE_SECONDS="0",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dry_run"] is True and report["evicted"] == {"files": 1, "bytes": 4096}
+    assert block.exists(), "a dry run deletes nothing"
+
+
+def test_inspect_prints_usage_per_namespace_directory(tmp_path: Path) -> None:
+    (tmp_path / "m_0123456789ab").mkdir()
+    (tmp_path / "m_0123456789ab" / "config.json").write_text('{"model": "m"}')
+    result = agent("inspect", TIEREDKV_STORE_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["root"] == str(tmp_path)
