@@ -52,7 +52,7 @@ class AgentSettings(BaseSettings):
     socket_dir: Path = Path("/var/run/tieredkv/local")
 
     # File-tier I/O.
-    read_threads: int = Field(default=8, ge=1, le=1024)
+    read_threads: int = Field(default=4, ge=1, le=1024)
     write_threads: int = Field(default=4, ge=1, le=1024)
     ram_tier_bytes: int = Field(default=0, ge=0)
     store_admission_threshold: int = Field(default=0, ge=0)

@@ -14,6 +14,7 @@ import threading
 from tieredkv_agent import __version__, metrics
 from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElector
 from tieredkv_agent.config import AgentSettings
+from tieredkv_agent.tiers.file import FileTier
 
 log = logging.getLogger("tieredkv_agent")
 
@@ -69,13 +70,34 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
         settings.vllm_version or "?",
         settings.vllm_config_hash or "?",
     )
-    if settings.metrics_port:
-        metrics.serve(settings.pod_ip or "0.0.0.0", settings.metrics_port)
+    metrics.COMPAT.info(
+        {
+            "vllm_version": settings.vllm_version,
+            "mode": settings.mode,
+            "config_hash": settings.vllm_config_hash,
+        }
+    )
+    tier = file_tier(settings)
+    metrics.FILE_TIER.tier = tier
     manager = capacity_manager(settings, elector(settings))
     metrics.CAPACITY.manager = manager
+    if settings.metrics_port:
+        metrics.serve(settings.pod_ip or "0.0.0.0", settings.metrics_port)
     manager.start()
     try:
         stop.wait()
     finally:
         log.info("tieredkv-agent stopping")
         manager.stop(release=True)
+        tier.shutdown()
+
+
+def file_tier(settings: AgentSettings) -> FileTier:
+    """The shared-volume tier; the socket API (next) hands it the instances' block jobs."""
+    return FileTier(
+        root_dir=settings.store_dir,
+        read_threads=settings.read_threads,
+        write_threads=settings.write_threads,
+        store_threshold=settings.store_admission_threshold,
+        max_tracker_size=settings.store_admission_max_tracker_size,
+    )

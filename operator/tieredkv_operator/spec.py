@@ -127,7 +127,7 @@ class AgentSpec(CamelModel):
     """Pod tolerations (core/v1 Toleration objects), e.g. for tainted GPU nodes."""
     resources: dict[str, JsonValue] = Field(default_factory=dict)
     """Container resources (core/v1 ResourceRequirements) of the agent."""
-    read_threads: int = Field(default=8, ge=1, le=1024)
+    read_threads: int = Field(default=4, ge=1, le=1024)
     """I/O threads that serve loads from the shared volume."""
     write_threads: int = Field(default=4, ge=1, le=1024)
     """I/O threads that store blocks to the shared volume."""

@@ -58,6 +58,8 @@ class PoolStats:
     deduplicated_blocks: int
     settled_blocks: Mapping[tuple[JobKind, KeyStatus], int]
     """Keys of finished jobs, by job kind and status."""
+    settled_bytes: Mapping[tuple[JobKind, KeyStatus], int]
+    """Bytes of those keys' blocks, by job kind and status."""
 
 
 class DualPriorityPool:
@@ -93,6 +95,7 @@ class DualPriorityPool:
         self._refused_bytes = 0
         self._deduplicated = 0
         self._settled: collections.Counter[tuple[JobKind, KeyStatus]] = collections.Counter()
+        self._settled_bytes: collections.Counter[tuple[JobKind, KeyStatus]] = collections.Counter()
         self._threads = [
             threading.Thread(target=self._worker, args=(True,), name=f"{name}-r{i}", daemon=True)
             for i in range(read_threads)
@@ -192,8 +195,9 @@ class DualPriorityPool:
 
     def _finish_locked(self, state: JobState, finished: list[JobState]) -> None:
         self._active.discard(state)
-        for status in state.statuses:
+        for status, view in zip(state.statuses, state.views, strict=True):
             self._settled[state.kind, status or KeyStatus.CANCELLED] += 1
+            self._settled_bytes[state.kind, status or KeyStatus.CANCELLED] += view.nbytes
         finished.append(state)
         if not self._active:
             self._idle.notify_all()
@@ -305,4 +309,5 @@ class DualPriorityPool:
                 refused_bytes=self._refused_bytes,
                 deduplicated_blocks=self._deduplicated,
                 settled_blocks=dict(self._settled),
+                settled_bytes=dict(self._settled_bytes),
             )
