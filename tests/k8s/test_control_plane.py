@@ -163,7 +163,7 @@ def test_a_pod_with_the_run_annotation_runs_its_command_and_stops_on_delete(
                     "command": [
                         "sh",
                         "-c",
-                        "echo $$$$ > /out/pid; echo $(GREETING) > /out/msg; exec sleep 600",
+                        "echo $(GREETING) > /out/msg; echo $$$$ > /out/pid; exec sleep 600",
                     ],
                     "env": [{"name": "GREETING", "value": "hello"}],
                     "volumeMounts": [{"name": "out", "mountPath": "/out"}],

@@ -83,6 +83,18 @@ def test_a_new_cache_gets_its_children_owned_and_real_agents_become_ready(
     seed = _read(api, "Secret", ns, "tieredkv-c-seed")
     assert seed.data["seed"], "a seed was generated"
 
+    # The agents run as real processes under their ServiceAccount: the Role lets them elect a GC leader.
+    agents = {
+        p.metadata.name
+        for p in client.CoreV1Api(api).list_namespaced_pod(ns, label_selector="tieredkv.io/cache=c").items
+    }
+    lease = testing.wait_for(
+        lambda: client.CoordinationV1Api(api).read_namespaced_lease("tieredkv-c-gc", ns),
+        30,
+        "the GC leader Lease",
+    )
+    assert lease.spec.holder_identity in agents
+
 
 def _template_hash(api: client.ApiClient, ns: str) -> str:
     ds = client.AppsV1Api(api).read_namespaced_daemon_set("tieredkv-c-agent", ns)
