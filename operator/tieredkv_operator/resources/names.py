@@ -5,6 +5,7 @@ One place for them so the builders, the webhook, the status function and the doc
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Final
 
@@ -92,7 +93,7 @@ def gc_lease_name(cache: str) -> str:
 
 def socket_host_dir(socket_dir: str, namespace: str, cache: str) -> str:
     """Host directory shared by a cache's agent and its vLLM pods on one node."""
-    return f"{socket_dir.rstrip('/')}/{namespace}.{cache}"
+    return posixpath.join(socket_dir, f"{namespace}.{cache}")
 
 
 def labels(cache: str, component: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Final
 
 from pydantic import JsonValue
 
+from tieredkv_operator.resources.names import socket_host_dir
 from tieredkv_operator.spec import TieredKVCacheSpec, VllmMode
 from tieredkv_operator.vllm_lines import VllmLine, vllm_line
 
@@ -39,7 +40,7 @@ KvTransferConfig = dict[str, JsonValue]
 
 def agent_socket_path(socket_dir: str, namespace: str, name: str) -> str:
     """The agent socket of one cache on a node: <socketDir>/<namespace>.<name>/agent.sock."""
-    return posixpath.join(socket_dir, f"{namespace}.{name}", AGENT_SOCKET_FILE)
+    return posixpath.join(socket_host_dir(socket_dir, namespace, name), AGENT_SOCKET_FILE)
 
 
 def native_root_dir(sub_path: str | None) -> str:
