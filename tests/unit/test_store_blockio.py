@@ -74,9 +74,9 @@ class RecordingOps(FileOps):
         self.calls.append("fdatasync")
         super().fdatasync(fd)
 
-    def rename(self, src: str, dst: str) -> None:
-        self.calls.append("rename")
-        super().rename(src, dst)
+    def link(self, src: str, dst: str) -> None:
+        self.calls.append("link")
+        super().link(src, dst)
 
 
 class FailingOps(FileOps):
@@ -199,16 +199,27 @@ def test_an_existing_block_is_never_rewritten(files: BlockFiles, tmp_path: Path)
     assert path.stat().st_ino == inode
 
 
-def test_rename_onto_an_existing_final_name_counts_as_success(tmp_path: Path) -> None:
-    class RenameSaysExists(FileOps):
-        def rename(self, src: str, dst: str) -> None:
+def test_publishing_onto_a_name_another_writer_just_took_counts_as_success(tmp_path: Path) -> None:
+    class AnotherWriterWins(FileOps):
+        def link(self, src: str, dst: str) -> None:
             Path(dst).write_bytes(payload(seed=3))
-            raise FileExistsError(errno.EEXIST, "File exists", dst)
+            super().link(src, dst)
 
-    result = BlockFiles(direct=False, ops=RenameSaysExists()).store(key_path(tmp_path), payload())
+    result = BlockFiles(direct=False, ops=AnotherWriterWins()).store(key_path(tmp_path), payload())
     assert result.status is StoreStatus.ALREADY_PRESENT
     assert result.ok
     assert Path(key_path(tmp_path)).read_bytes() == payload(seed=3)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_filesystem_without_hard_links_publishes_by_rename(tmp_path: Path) -> None:
+    class NoHardLinks(FileOps):
+        def link(self, src: str, dst: str) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted", dst)
+
+    result = BlockFiles(direct=False, ops=NoHardLinks()).store(key_path(tmp_path), payload())
+    assert result.status is StoreStatus.STORED
+    assert Path(key_path(tmp_path)).read_bytes() == payload()
     assert leftovers(tmp_path) == []
 
 
@@ -225,6 +236,8 @@ def test_concurrent_stores_of_one_key_leave_exactly_one_correct_file(
     with ThreadPoolExecutor(threads) as pool:
         results = [result for batch in pool.map(store_all, range(threads)) for result in batch]
     assert all(result.ok for result in results)
+    stored = sum(1 for result in results if result.status is StoreStatus.STORED)
+    assert stored == keys, "exactly one writer publishes each key; the others find it present"
     assert leftovers(tmp_path) == []
     assert len(list(tmp_path.rglob("*.bin"))) == keys
     for index in range(keys):
@@ -377,9 +390,9 @@ def test_a_short_write_is_a_failed_store(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("durability", "expected"),
-    [(Durability.NONE, ["rename"]), (Durability.FDATASYNC, ["fdatasync", "rename"])],
+    [(Durability.NONE, ["link"]), (Durability.FDATASYNC, ["fdatasync", "link"])],
 )
-def test_fdatasync_runs_before_the_rename_only_when_asked(
+def test_fdatasync_runs_before_the_publish_only_when_asked(
     tmp_path: Path, durability: Durability, expected: list[str]
 ) -> None:
     ops = RecordingOps()

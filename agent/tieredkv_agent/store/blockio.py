@@ -8,8 +8,13 @@ Store (first writer wins, never a partial file under the final name)::
 
     exists(dest)? -> ALREADY_PRESENT
     open(dest_<rand63>.tmp, O_CREAT|O_EXCL|O_WRONLY|O_TRUNC[|O_DIRECT]) ; one write ; [fdatasync] ; close
-    rename(tmp, dest)          EEXIST (some shared filesystems) -> ALREADY_PRESENT
+    link(tmp, dest) ; unlink(tmp)   EEXIST -> ALREADY_PRESENT (another writer published it first)
     any error -> unlink tmp, IO_ERROR(errno)
+
+vLLM publishes with rename(2), which silently replaces a file that another writer published between the
+existence check and the rename (same bytes, but a rewrite). link(2) is the atomic create-if-absent form of
+the same publish, so an existing block is never replaced; on a filesystem without hard links (EPERM,
+EOPNOTSUPP, EXDEV, EMLINK) the store falls back to vLLM's rename.
 
 Load: open(O_RDONLY[|O_DIRECT]) and one preadv of exactly the block size into the caller's buffer.
 A file proven shorter than the block is deleted (SHORT_DELETED, never served); any other error
@@ -42,6 +47,8 @@ DIRECT_ALIGNMENT = 4096
 """Address and length alignment used for O_DIRECT (covers 512 B and 4 KiB logical blocks)."""
 
 TEMP_SUFFIX = ".tmp"
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
+"""link(2) errors meaning "this filesystem has no hard links here", not "this store failed"."""
 """Temp files are `<final name>_<random 63-bit decimal>.tmp`, in the final file's directory."""
 
 _CREATE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_TRUNC
@@ -83,6 +90,9 @@ class FileOps:
 
     def rename(self, src: str, dst: str) -> None:
         Path(src).rename(dst)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
 
     def unlink(self, path: str) -> None:
         Path(path).unlink()
@@ -257,8 +267,27 @@ class BlockFiles:
         except OSError as exc:
             self._discard(tmp)
             return _store_failed(exc)
+        return self._publish(tmp, path)
+
+    def _publish(self, tmp: str, path: str) -> StoreResult:
+        """Give the complete temp file its final name unless that name exists (I/O worker threads)."""
+        ops = self._ops
         try:
-            ops.rename(tmp, path)
+            ops.link(tmp, path)
+        except FileExistsError:
+            self._discard(tmp)
+            return _ALREADY_PRESENT
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                self._discard(tmp)
+                return _store_failed(exc)
+            return self._publish_by_rename(tmp, path)
+        self._discard(tmp)
+        return _STORED
+
+    def _publish_by_rename(self, tmp: str, path: str) -> StoreResult:
+        try:
+            self._ops.rename(tmp, path)
         except FileExistsError:
             self._discard(tmp)
             return _ALREADY_PRESENT
