@@ -25,6 +25,8 @@ log = logging.getLogger("tieredkv_operator")
 SETTINGS = OperatorSettings()
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _waiting: set[str] = set()
+_scheduled: set[tuple[str, str]] = set()
+POD_REFRESH_DELAY_SECONDS = 1.0
 _waiting_lock = threading.Lock()
 
 
@@ -70,8 +72,25 @@ def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_CACHE: kopf.PRESENT})
 def pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    """A pod of a cache changed: refresh the cache's status (injected pods, seed consistency)."""
-    _refresh(namespace or "", labels[names.LABEL_CACHE], apply=False)
+    """A pod of a cache changed: refresh the cache's status (injected pods, seed consistency) soon.
+
+    Pod events come in bursts (a rollout of many vLLM pods), so they are batched: the first one schedules
+    a status refresh POD_REFRESH_DELAY_SECONDS later, and the events until then ride along with it.
+    """
+    key = (namespace or "", labels[names.LABEL_CACHE])
+    with _waiting_lock:
+        if key in _scheduled:
+            return
+        _scheduled.add(key)
+
+    def fire() -> None:
+        with _waiting_lock:
+            _scheduled.discard(key)
+        _refresh(*key, apply=False)
+
+    timer = threading.Timer(POD_REFRESH_DELAY_SECONDS, fire)
+    timer.daemon = True
+    timer.start()
 
 
 def _refresh(namespace: str, name: str, *, apply: bool) -> None:
