@@ -1,7 +1,8 @@
-"""`make demo`: bring up the local control plane (or use an opted-in cluster) and install tieredkv.
+"""`make demo`: bring up the local control plane (or use an opted-in cluster) and run tieredkv in it.
 
-Today that means the CRDs from crds/; the operator, agents and the two-engine scenario join as their
-issues land. Each step prints one line with its duration.
+Steps: the CRDs from crds/, the operator as a Deployment (the node simulator runs it as a real process),
+and one TieredKVCache whose agents the operator starts on both simulated nodes; then it waits for Ready.
+The two-engine scenario joins when the data path lands. Each step prints its duration.
 """
 
 from __future__ import annotations
@@ -46,8 +47,28 @@ def run(state_dir: Path, log: Callable[[str], None] = print) -> int:
                 check=True,
                 capture_output=True,
             )
-    subprocess.run([*kubectl, "get", "nodes,storageclass,crd"], check=False)
+    demo = paths.REPO_ROOT / "hack" / "demo"
+    with step("operator (Deployment in tieredkv-system, run as a real process by the node simulator)"):
+        subprocess.run([*kubectl, "apply", "-f", str(demo / "operator.yaml")], check=True)
+        rollout = [
+            "-n",
+            "tieredkv-system",
+            "rollout",
+            "status",
+            "deployment/tieredkv-operator",
+            "--timeout=120s",
+        ]
+        subprocess.run([*kubectl, *rollout], check=True)
+    with step("TieredKVCache demo/demo: claim, seed, vLLM config, agents on 2 nodes, until Ready"):
+        subprocess.run([*kubectl, "apply", "-f", str(demo / "cache.yaml")], check=True)
+        wait = ["-n", "demo", "wait", "--for=condition=Ready", "tkv/demo", "--timeout=180s"]
+        subprocess.run([*kubectl, *wait], check=True)
+    subprocess.run(
+        [*kubectl, "-n", "demo", "get", "tkv,pvc,configmap,daemonset,pods", "-o", "wide"], check=False
+    )
     log(
-        f"\nkubeconfig: {kubeconfig}\n  export KUBECONFIG={kubeconfig}\n  make demo-down   # stops everything"
+        f"\nkubeconfig: {kubeconfig}\n  export KUBECONFIG={kubeconfig}\n"
+        "  kubectl -n demo describe tkv demo      # conditions and events\n"
+        "  make demo-down                         # stops everything"
     )
     return 0
