@@ -101,7 +101,7 @@ def _data(obj: Obj) -> dict[str, bytes]:
     return out
 
 
-def _source_data(lookup: Lookup, ns: str, kind: str, name: str, optional: bool) -> dict[str, bytes] | None:
+def source_data(lookup: Lookup, ns: str, kind: str, name: str, optional: bool) -> dict[str, bytes] | None:
     obj = lookup.secret(ns, name) if kind == "secret" else lookup.config_map(ns, name)
     if obj is None:
         if optional:
@@ -117,7 +117,7 @@ def container_env(pod: Obj, container: Obj, lookup: Lookup, base: dict[str, str]
     for src in container.get("envFrom") or []:
         kind = "secret" if "secretRef" in src else "configMap"
         ref = src.get("secretRef") or src.get("configMapRef") or {}
-        data = _source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional")))
+        data = source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional")))
         for k, v in (data or {}).items():
             env[src.get("prefix", "") + k] = v.decode()
     for item in container.get("env") or []:
@@ -131,7 +131,7 @@ def container_env(pod: Obj, container: Obj, lookup: Lookup, base: dict[str, str]
         elif "secretKeyRef" in vf or "configMapKeyRef" in vf:
             kind = "secret" if "secretKeyRef" in vf else "configMap"
             ref = vf.get("secretKeyRef") or vf.get("configMapKeyRef")
-            data = _source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional")))
+            data = source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional")))
             if data is not None and ref["key"] in data:
                 env[name] = data[ref["key"]].decode()
             elif not ref.get("optional"):

@@ -12,7 +12,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from tieredkv_devcluster.sim.plan import Lookup, Mount, Obj, PlanError, PodDirs, _source_data, field_ref
+from tieredkv_devcluster.sim.plan import Lookup, Mount, Obj, PlanError, PodDirs, source_data, field_ref
 
 _FILE_TYPES = {"File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"}
 
@@ -31,7 +31,7 @@ def _projected_files(pod: Obj, lookup: Lookup, sources: list[Obj]) -> dict[str, 
             if kind not in src:
                 continue
             ref = src[kind]
-            data = _source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional"))) or {}
+            data = source_data(lookup, ns, kind, ref["name"], bool(ref.get("optional"))) or {}
             items = ref.get("items")
             if items:
                 for it in items:
