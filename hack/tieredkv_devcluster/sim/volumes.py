@@ -12,7 +12,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from tieredkv_devcluster.sim.plan import Lookup, Mount, Obj, PlanError, PodDirs, source_data, field_ref
+from tieredkv_devcluster.sim.plan import Lookup, Mount, Obj, PlanError, PodDirs, field_ref, source_data
 
 _FILE_TYPES = {"File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"}
 
