@@ -45,6 +45,10 @@ class AgentSettings(BaseSettings):
     mode: Literal["agent", "native"] = "native"
     vllm_version: str = ""
     vllm_config_hash: str = ""
+    hash_algo: Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"] = "sha256"
+    """vLLM --prefix-caching-hash-algo of this cache: with PYTHONHASHSEED it fixes the expected NONE_HASH."""
+    on_profile_mismatch: Literal["reject", "warn"] = "reject"
+    """What the socket server does with an instance whose NONE_HASH fingerprint differs from the agent's."""
 
     # Where things are.
     store_dir: Path = Path("/var/lib/tieredkv/store")

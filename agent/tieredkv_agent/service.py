@@ -12,11 +12,16 @@ import tempfile
 import threading
 
 from tieredkv_agent import __version__, metrics
+from tieredkv_agent.api.protocol import none_hash_fingerprint
+from tieredkv_agent.api.server import AgentServer
 from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElector
 from tieredkv_agent.config import AgentSettings
+from tieredkv_agent.store.hashing import HashAlgo, SeedRule, UnshareableNoneHashError, none_hash_for_env
 from tieredkv_agent.tiers.file import FileTier
 
 log = logging.getLogger("tieredkv_agent")
+SOCKET_FILE = "agent.sock"
+"""The socket file in the cache's socket directory (the operator renders the same path into vLLM's config)."""
 
 
 class StartupError(Exception):
@@ -84,12 +89,45 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
     if settings.metrics_port:
         metrics.serve(settings.pod_ip or "0.0.0.0", settings.metrics_port)
     manager.start()
+    server = socket_server(settings, tier) if settings.mode == "agent" else None
     try:
         stop.wait()
     finally:
         log.info("tieredkv-agent stopping")
+        if server is not None:
+            server.close()
         manager.stop(release=True)
         tier.shutdown()
+
+
+def expected_fingerprint(settings: AgentSettings) -> str | None:
+    """The NONE_HASH fingerprint every instance of this cache must present (None: cannot be known here).
+
+    It follows from the cache's PYTHONHASHSEED (the operator injects the same Secret into agents and vLLM
+    pods), the hash algorithm and the vLLM line's seeding rule. The seed itself is never logged or sent.
+    """
+    if not settings.vllm_version:
+        return None
+    try:
+        algo = HashAlgo(settings.hash_algo)
+        none_hash = none_hash_for_env(algo, SeedRule.for_vllm(settings.vllm_version), os.environ)
+    except (ValueError, UnshareableNoneHashError) as exc:
+        log.warning("no expected NONE_HASH fingerprint, instances are not checked: %s", exc)
+        return None
+    return none_hash_fingerprint(none_hash)
+
+
+def socket_server(settings: AgentSettings, tier: FileTier) -> AgentServer:
+    """The node socket vLLM instances of this cache connect to (agent mode), in the cache's socket dir."""
+    server = AgentServer(
+        settings.socket_dir / SOCKET_FILE,
+        tier,
+        agent_version=__version__,
+        expected_fingerprint=expected_fingerprint(settings),
+        on_mismatch=settings.on_profile_mismatch,
+    )
+    log.info("serving vLLM instances on %s", settings.socket_dir / SOCKET_FILE)
+    return server
 
 
 def file_tier(settings: AgentSettings) -> FileTier:

@@ -114,3 +114,21 @@ def test_inspect_prints_usage_per_namespace_directory(tmp_path: Path) -> None:
     result = agent("inspect", TIEREDKV_STORE_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["root"] == str(tmp_path)
+
+
+def test_the_expected_fingerprint_follows_the_seed_algorithm_and_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tieredkv_agent.api.protocol import none_hash_fingerprint
+    from tieredkv_agent.service import expected_fingerprint
+    from tieredkv_agent.store.hashing import HashAlgo, none_hash
+
+    monkeypatch.setenv("PYTHONHASHSEED", "1234")
+    s = AgentSettings(vllm_version="0.33", hash_algo="sha256")
+    assert expected_fingerprint(s) == none_hash_fingerprint(none_hash(HashAlgo.SHA256, "1234"))
+    assert expected_fingerprint(
+        AgentSettings(vllm_version="0.33", hash_algo="xxhash")
+    ) != expected_fingerprint(s)
+    monkeypatch.setenv("PYTHONHASHSEED", "1235")
+    assert expected_fingerprint(s) != none_hash_fingerprint(none_hash(HashAlgo.SHA256, "1234"))
+    assert expected_fingerprint(AgentSettings(vllm_version="")) is None, "no line: nothing to check against"
