@@ -131,7 +131,7 @@ def socket_server(settings: AgentSettings, tier: FileTier) -> AgentServer:
 
 
 def file_tier(settings: AgentSettings) -> FileTier:
-    """The shared-volume tier; the socket API (next) hands it the instances' block jobs."""
+    """The shared-volume tier; in agent mode the socket server hands it the instances' block jobs."""
     return FileTier(
         root_dir=settings.store_dir,
         read_threads=settings.read_threads,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.readonly import read_only_dir
 from tieredkv_agent.config import AgentSettings
 
 pytestmark = pytest.mark.unit
@@ -61,25 +62,8 @@ def test_run_exits_non_zero_naming_a_store_directory_that_does_not_exist(tmp_pat
 
 
 def test_run_exits_non_zero_when_the_store_directory_is_not_writable(tmp_path: Path) -> None:
-    store = tmp_path / "ro"
-    store.mkdir()
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(store)],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
-    if not mounted:
-        store.chmod(0o500)
-        if os.access(store, os.W_OK):
-            pytest.skip("cannot make a directory unwritable here (root without mount)")
-    try:
+    with read_only_dir(tmp_path / "ro") as store:
         result = agent("run", TIEREDKV_STORE_DIR=str(store), TIEREDKV_METRICS_PORT="0")
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(store)], check=False)
     assert result.returncode == 1
     assert "not writable" in result.stderr
 

@@ -3,8 +3,6 @@
 import errno
 import mmap
 import os
-import stat
-import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.readonly import read_only_dir
 from tieredkv_agent.store.blockio import (
     O_DIRECT,
     BlockFiles,
@@ -341,28 +340,8 @@ def test_an_empty_block_is_a_programming_error(files: BlockFiles, tmp_path: Path
 
 
 def test_a_non_writable_directory_fails_the_store_without_raising(tmp_path: Path) -> None:
-    """Read-only through a read-only tmpfs mount (which binds root too), else through permission bits."""
-    locked = tmp_path / "ns_r0"
-    locked.mkdir()
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
-    if not mounted:
-        if os.geteuid() == 0:
-            pytest.skip("root without mount: cannot make a directory unwritable")
-        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
+    with read_only_dir(tmp_path / "ns_r0"):
         result = BlockFiles(direct=False).store(key_path(tmp_path), payload())
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(locked)], check=False)
-        else:
-            locked.chmod(stat.S_IRWXU)
     assert result.status is StoreStatus.IO_ERROR
     assert result.errno in (errno.EACCES, errno.EROFS)
     assert list(tmp_path.rglob("*.bin")) == []
