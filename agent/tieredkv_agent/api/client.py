@@ -142,6 +142,12 @@ class AgentClient:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def pending_jobs(self) -> int:
+        """Jobs sent and not yet in the poll queue (any thread)."""
+        with self._lock:
+            return len(self._jobs)
+
     def lookup(
         self,
         namespace: str,
