@@ -304,3 +304,24 @@ def test_an_oversized_frame_gets_a_fatal_error_and_the_connection_is_closed(serv
         error = read_reply(sock)
         assert isinstance(error, Error) and error.code is ErrorCode.FRAME_TOO_LARGE and error.fatal
         assert sock.recv(1) == b""
+
+
+def test_a_dropped_connection_cancels_its_jobs_queued_blocks(
+    server: AgentServer, namespace: Namespace, region: Region, tier: FileTier
+) -> None:
+    seen: list[BlockJob] = []
+    original = tier.submit_store
+
+    def recording_store(job: BlockJob, on_done: CompletionSink) -> None:
+        seen.append(job)
+        original(job, on_done)
+
+    tier.submit_store = recording_store  # type: ignore[method-assign]
+    client = connect(server, namespace, region)
+    client.submit_store(1, namespace.config_dir.name, [key(1, "drop")], [0])
+    deadline = time.monotonic() + WAIT_S
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen and seen[0].cancelled is not None and not seen[0].cancelled.is_set()
+    client.close()
+    assert seen[0].cancelled.wait(WAIT_S)

@@ -291,3 +291,41 @@ def test_the_completion_queue_hands_results_over_in_order() -> None:
     assert first.job_id == 1
     assert [r.job_id for r in queue.drain()] == [2, 3]
     assert queue.drain() == []
+
+
+def test_a_cancelled_job_skips_its_queued_blocks_and_is_still_reported_once(handler: GatedHandler) -> None:
+    pool = DualPriorityPool(handler, read_threads=1, write_threads=0, max_store_backlog_bytes=1 << 30)
+    sink, cancelled = Recorder(), threading.Event()
+    keys = [key(index) for index in range(6)]
+    handler.held.add(keys[0])
+    buffer = memoryview(bytearray(BLOCK * len(keys)))
+    blocks = [(k, buffer[i * BLOCK : (i + 1) * BLOCK]) for i, k in enumerate(keys)]
+    state = JobState(JobKind.LOAD, BlockJob(1, NS, blocks, cancelled), [NS.block_path(k) for k in keys], sink)
+    pool.submit(state, range(len(keys)))
+    handler.wait_started()
+    cancelled.set()
+    handler.gate.set()
+    wait_for(lambda: sink.ids() == [1])
+    statuses = sink.results[0].statuses
+    assert statuses == (KeyStatus.DONE,) + (KeyStatus.CANCELLED,) * 5
+    assert [ran_key for _, ran_key in handler.ran] == keys[:1]
+    pool.shutdown(1.0)
+
+
+def test_a_cancelled_store_still_writes_a_block_another_job_waits_for(handler: GatedHandler) -> None:
+    pool = DualPriorityPool(handler, read_threads=0, write_threads=1, max_store_backlog_bytes=1 << 30)
+    sink, cancelled = Recorder(), threading.Event()
+    first, shared = key(100), key(101)
+    handler.held.add(first)
+    buffer = memoryview(bytearray(BLOCK * 2))
+    blocks = [(first, buffer[:BLOCK]), (shared, buffer[BLOCK:])]
+    paths = [NS.block_path(first), NS.block_path(shared)]
+    pool.submit(JobState(JobKind.STORE, BlockJob(1, NS, blocks, cancelled), paths, sink), range(2))
+    handler.wait_started()
+    submit(pool, JobKind.STORE, 2, [shared], sink)
+    cancelled.set()
+    handler.gate.set()
+    wait_for(lambda: sorted(sink.ids()) == [1, 2])
+    by_id = {result.job_id: result.statuses for result in sink.results}
+    assert by_id == {1: (KeyStatus.DONE, KeyStatus.DONE), 2: (KeyStatus.PRESENT,)}
+    pool.shutdown(1.0)

@@ -117,6 +117,8 @@ class _Connection:
         self.region: _Region | None = None
         self.namespace: Namespace | None = None
         self.alive = True
+        self.gone = threading.Event()
+        """Set when the connection ends: its queued blocks are cancelled (running I/O finishes)."""
         self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
 
     def send(self, message: ServerMessage) -> None:
@@ -141,6 +143,7 @@ class _Connection:
             log.exception("%s: reader failed", self.name)
         finally:
             self.alive = False
+            self.gone.set()
             self.sock.close()
             if self.region is not None:
                 self.region.release()
@@ -249,7 +252,8 @@ class _Connection:
         assert self.region is not None and self.namespace is not None
         region = self.region
         base, views = region.views(list(job.slots))
-        block_job = BlockJob(job.job_id, self.namespace, list(zip(job.keys, views, strict=True)))
+        blocks = list(zip(job.keys, views, strict=True))
+        block_job = BlockJob(job.job_id, self.namespace, blocks, cancelled=self.gone)
 
         def on_done(result: JobResult) -> None:
             """Report the job and release its views (the tier's threads, or this one)."""

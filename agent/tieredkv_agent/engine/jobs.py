@@ -68,6 +68,9 @@ class BlockJob:
     job_id: int
     namespace: Namespace
     blocks: Sequence[tuple[bytes, memoryview]]
+    cancelled: threading.Event | None = None
+    """Set by the submitter when it no longer wants the job (its connection dropped): blocks not yet
+    started are then settled CANCELLED without I/O; running ones finish. The job is still reported."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class JobState:
     """The tier's bookkeeping for one accepted job (not thread-safe: the pool's lock guards it)."""
 
     __slots__ = (
+        "cancelled",
         "job_id",
         "keys",
         "kind",
@@ -120,6 +124,7 @@ class JobState:
     def __init__(self, kind: JobKind, job: BlockJob, paths: Sequence[str], sink: CompletionSink) -> None:
         self.kind = kind
         self.job_id = job.job_id
+        self.cancelled = job.cancelled
         self.namespace = job.namespace
         self.keys = tuple(key for key, _ in job.blocks)
         self.views = tuple(view for _, view in job.blocks)

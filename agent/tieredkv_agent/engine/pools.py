@@ -243,11 +243,21 @@ class DualPriorityPool:
 
     def _run(self, task: Task) -> KeyStatus:
         state, index = task
+        if state.cancelled is not None and state.cancelled.is_set() and not self._awaited(task):
+            return KeyStatus.CANCELLED
         try:
             return self._handler.run_block(state, index)
         except Exception:
             log.exception("%s of block %d of job %s failed", state.kind.value, index, state.job_id)
             return KeyStatus.FAILED
+
+    def _awaited(self, task: Task) -> bool:
+        """True if a store of another job waits on this one's write of the same path (an I/O worker)."""
+        state, index = task
+        if state.kind is not JobKind.STORE:
+            return False
+        with self._lock:
+            return any(waiting is not state for waiting, _ in self._flights.get(state.paths[index], ()))
 
     # -- draining and shutdown (control threads) ----------------------------------------------------
 
