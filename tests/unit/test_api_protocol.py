@@ -2,6 +2,7 @@
 
 import itertools
 import re
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -519,3 +520,14 @@ def test_msgpack_maps_of_any_shape_only_ever_decode_to_messages_or_protocol_erro
     body = msgspec.msgpack.encode({"type": tag, **fields})
     results = decode_all(frame_of(body) + frames([Drain(request_id=1)]), [])
     assert results[1:] == [Drain(request_id=1), None]
+
+
+def test_a_region_owned_by_its_peer_and_writable_only_by_it_is_accepted() -> None:
+    from tieredkv_agent.api.session import region_owner_problem
+
+    regular = stat.S_IFREG
+    assert region_owner_problem(1000, regular | 0o600, 1000) is None
+    assert region_owner_problem(1000, regular | 0o644, 1000) is None
+    assert "belongs to uid 0" in (region_owner_problem(0, regular | 0o600, 1000) or "")
+    assert "writable by other users (mode 0620)" in (region_owner_problem(1000, regular | 0o620, 1000) or "")
+    assert "no regular file" in (region_owner_problem(1000, stat.S_IFIFO | 0o600, 1000) or "")

@@ -1,11 +1,12 @@
 """The socket API end to end: a real AgentServer on a FileTier, real region files, real AgentClients."""
 
 import multiprocessing
+import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -325,3 +326,19 @@ def test_a_dropped_connection_cancels_its_jobs_queued_blocks(
     assert seen and seen[0].cancelled is not None and not seen[0].cancelled.is_set()
     client.close()
     assert seen[0].cancelled.wait(WAIT_S)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda path: Path(path).chmod(0o666), "writable by other users"),
+        (lambda path: os.chown(path, 54321, -1), "belongs to uid 54321"),
+    ],
+)
+def test_a_region_the_connecting_process_does_not_own_alone_is_refused(
+    server: AgentServer, namespace: Namespace, region: Region, change: Callable[[str], None], reason: str
+) -> None:
+    change(region.path)
+    with pytest.raises(AgentRejected, match=reason) as raised:
+        connect(server, namespace, region)
+    assert raised.value.error is not None and raised.value.error.code is ErrorCode.BAD_REGION

@@ -23,7 +23,7 @@ import mmap
 import os
 import re
 import socket
-import stat
+import struct
 import threading
 from pathlib import Path
 from typing import Literal
@@ -41,7 +41,7 @@ from tieredkv_agent.api.protocol import (
     ServerMessage,
     Store,
 )
-from tieredkv_agent.api.session import Limits, Session, job_done, lookup_reply
+from tieredkv_agent.api.session import Limits, Session, job_done, lookup_reply, region_owner_problem
 from tieredkv_agent.engine.jobs import BlockJob, JobResult
 from tieredkv_agent.store.naming import Namespace
 from tieredkv_agent.tiers.base import Tier
@@ -214,10 +214,10 @@ class _Connection:
         size: int | None = None
         if fd is not None:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                self.send(
-                    Error(code=ErrorCode.BAD_REGION, message="the region descriptor is no regular file")
-                )
+            problem = region_owner_problem(info.st_uid, info.st_mode, self.peer_uid())
+            if problem is not None:
+                log.warning("%s: hello from %s refused: %s", self.name, hello.instance_id, problem)
+                self.send(Error(code=ErrorCode.BAD_REGION, message=problem))
                 return
             size = info.st_size
         verdict = self.session.receive(hello, region_bytes=size)
@@ -236,6 +236,12 @@ class _Connection:
         log.info("%s: hello from %s (vllm %s)", self.name, hello.instance_id, hello.vllm_version)
         if verdict.reply is not None:
             self.send(verdict.reply)
+
+    def peer_uid(self) -> int:
+        """The user id of the process that connected (SO_PEERCRED, as of its connect)."""
+        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return int(uid)
 
     def _lookup(self, lookup: Lookup) -> None:
         assert self.namespace is not None

@@ -19,6 +19,7 @@ The helpers at the bottom convert the engine's results into protocol messages.
 """
 
 import enum
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,21 @@ def region_slots(region_bytes: int, block_bytes: int) -> int:
         message = f"a region of {region_bytes} bytes is not a whole number of {block_bytes}-byte blocks"
         raise ProtocolError(ErrorCode.BAD_REGION, message)
     return region_bytes // block_bytes
+
+
+def region_owner_problem(file_uid: int, file_mode: int, peer_uid: int) -> str | None:
+    """Why a region file cannot be the connecting process's own, or None.
+
+    The peer must own the file (it created it: vLLM makes its region with O_CREAT|O_EXCL), and nobody
+    else may write to it: a region another user can write is one whose blocks nobody can vouch for.
+    """
+    if not stat.S_ISREG(file_mode):
+        return "the region descriptor is no regular file"
+    if file_uid != peer_uid:
+        return f"the region file belongs to uid {file_uid}, not to the connecting process (uid {peer_uid})"
+    if file_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"the region file is writable by other users (mode {stat.S_IMODE(file_mode):04o})"
+    return None
 
 
 def slot_offset(slot: int, block_bytes: int) -> int:
