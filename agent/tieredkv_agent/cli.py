@@ -105,8 +105,23 @@ def _install_plugin(target: Path) -> int:
     dest = target / source.name
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _write_entry_point(target)
     log.info("installed %s into %s", source.name, target)
     return 0
+
+
+def _write_entry_point(target: Path) -> None:
+    """A minimal distribution record so vLLM's plugin loader finds `tieredkv` on PYTHONPATH.
+
+    Releases that cannot load a tier by `module_path` know only registered tier types; vLLM loads
+    `vllm.general_plugins` entry points in every process, and ours registers the type `tieredkv`.
+    """
+    info = target / "tieredkv_plugin-0.0.0.dist-info"
+    shutil.rmtree(info, ignore_errors=True)
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tieredkv-plugin\nVersion: 0.0.0\n")
+    entry = "[vllm.general_plugins]\ntieredkv = tieredkv_agent.vllm:register\n"
+    (info / "entry_points.txt").write_text(entry)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,15 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tieredkv_agent.api.protocol import CompatProfile, none_hash_fingerprint
-from tieredkv_agent.store.hashing import HashAlgo, SeedRule, none_hash_for_env
 from tieredkv_agent.store.naming import RunConfig, config_digest, run_config_fields, safe_model_name
+
+if TYPE_CHECKING:  # the hashing module needs cbor2 and xxhash; a vLLM image need not have them
+    from tieredkv_agent.store.hashing import HashAlgo
+
+HASH_ALGOS = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
 
 
 class ProfileError(Exception):
@@ -76,6 +80,8 @@ def identify(offloading_spec: Any, block_bytes: int) -> Identity:
     none_hash = _vllm_none_hash()
     algo = _vllm_hash_algo(offloading_spec, none_hash)
     if none_hash is None:  # vLLM did not initialise it yet: derive it the way init_none_hash will
+        from tieredkv_agent.store.hashing import HashAlgo, SeedRule, none_hash_for_env
+
         none_hash = none_hash_for_env(HashAlgo(algo), SeedRule.for_vllm(version), os.environ)
     return _identity(namespace, block_bytes, algo, none_hash, version)
 
@@ -84,7 +90,7 @@ def _identity(namespace: str, block_bytes: int, algo: str, none_hash: bytes, ver
     profile = CompatProfile(
         namespace=namespace,
         block_bytes=block_bytes,
-        hash_algo=algo,  # type: ignore[arg-type]  # checked by HashAlgo on every path
+        hash_algo=algo,  # type: ignore[arg-type]  # one of HASH_ALGOS on every path
         none_hash_fingerprint=none_hash_fingerprint(none_hash),
     )
     return Identity(profile, version[:64])
@@ -121,8 +127,8 @@ def _vllm_hash_algo(offloading_spec: Any, none_hash: bytes | None) -> str:
         except Exception:
             config = None
     algo = getattr(getattr(config, "cache_config", None), "prefix_caching_hash_algo", None)
-    if isinstance(algo, str) and algo in HashAlgo._value2member_map_:
+    if isinstance(algo, str) and algo in HASH_ALGOS:
         return algo
     if none_hash is not None:
-        return HashAlgo.XXHASH.value if len(none_hash) == 16 else HashAlgo.SHA256.value
+        return "xxhash" if len(none_hash) == 16 else "sha256"
     raise ProfileError("cannot tell vLLM's prefix-caching hash algorithm (no config, no NONE_HASH)")
