@@ -16,6 +16,7 @@ from tieredkv_agent.api.protocol import none_hash_fingerprint
 from tieredkv_agent.api.server import AgentServer
 from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElector
 from tieredkv_agent.config import AgentSettings
+from tieredkv_agent.report import MismatchReporter, in_cluster_patch
 from tieredkv_agent.store.hashing import HashAlgo, SeedRule, UnshareableNoneHashError, none_hash_for_env
 from tieredkv_agent.tiers.file import FileTier
 
@@ -89,13 +90,16 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
     if settings.metrics_port:
         metrics.serve(settings.pod_ip or "0.0.0.0", settings.metrics_port)
     manager.start()
-    server = socket_server(settings, tier) if settings.mode == "agent" else None
+    reporter = mismatch_reporter(settings) if settings.mode == "agent" else None
+    server = socket_server(settings, tier, reporter) if settings.mode == "agent" else None
     try:
         stop.wait()
     finally:
         log.info("tieredkv-agent stopping")
         if server is not None:
             server.close()
+        if reporter is not None:
+            reporter.stop()
         manager.stop(release=True)
         tier.shutdown()
 
@@ -117,7 +121,17 @@ def expected_fingerprint(settings: AgentSettings) -> str | None:
     return none_hash_fingerprint(none_hash)
 
 
-def socket_server(settings: AgentSettings, tier: FileTier) -> AgentServer:
+def mismatch_reporter(settings: AgentSettings) -> MismatchReporter | None:
+    """Records refused Hellos in the cache's status, inside a cluster (agent startup thread)."""
+    if not (os.environ.get("KUBERNETES_SERVICE_HOST") and settings.cache_namespace and settings.node_name):
+        return None
+    patch = in_cluster_patch(settings.cache_namespace, settings.cache_name)
+    return MismatchReporter(settings.node_name, patch)
+
+
+def socket_server(
+    settings: AgentSettings, tier: FileTier, reporter: MismatchReporter | None = None
+) -> AgentServer:
     """The node socket vLLM instances of this cache connect to (agent mode), in the cache's socket dir."""
     server = AgentServer(
         settings.socket_dir / SOCKET_FILE,
@@ -125,6 +139,7 @@ def socket_server(settings: AgentSettings, tier: FileTier) -> AgentServer:
         agent_version=__version__,
         expected_fingerprint=expected_fingerprint(settings),
         on_mismatch=settings.on_profile_mismatch,
+        on_mismatch_seen=reporter.record if reporter is not None else None,
     )
     log.info("serving vLLM instances on %s", settings.socket_dir / SOCKET_FILE)
     return server

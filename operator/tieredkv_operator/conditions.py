@@ -61,6 +61,7 @@ SEED_SECRET_MISSING: Final = "SeedSecretMissing"
 SEED_KEY_MISSING: Final = "SeedKeyMissing"
 SEED_INVALID: Final = "SeedInvalid"
 SEED_MISMATCH: Final = "SeedMismatch"
+PROFILE_MISMATCH: Final = "ProfileMismatch"
 
 REASONS: Final[tuple[str, ...]] = (
     RECONCILED,
@@ -83,5 +84,6 @@ REASONS: Final[tuple[str, ...]] = (
     SEED_KEY_MISSING,
     SEED_INVALID,
     SEED_MISMATCH,
+    PROFILE_MISMATCH,
 )
 """Every reason above, for tests and documentation."""

@@ -119,7 +119,11 @@ def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, ap
     previous: list[Obj] = (body.get("status") or {}).get("conditions") or []
     spec, error, reason = parse_spec(body)
     observed = status_mod.Observed(
-        generation=cache.generation, spec=spec, spec_error=error, spec_error_reason=reason
+        generation=cache.generation,
+        spec=spec,
+        spec_error=error,
+        spec_error_reason=reason,
+        profile_mismatches=dict((body.get("status") or {}).get("profileMismatches") or {}),
     )
     errors: list[str] = []
 

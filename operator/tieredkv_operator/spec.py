@@ -137,6 +137,10 @@ class AgentSpec(CamelModel):
     """Host directory for the agent sockets; each cache uses <socketDir>/<namespace>.<name>/agent.sock."""
     store_admission: StoreAdmission = StoreAdmission()
     """Admission filter for stores to the shared volume (agent mode only)."""
+    on_profile_mismatch: Literal["reject", "warn"] = "reject"
+    """What an agent does with a vLLM instance whose NONE_HASH fingerprint differs from the cache's: `reject`
+    its Hello (the instance then runs without the shared tier) or `warn` and serve it. Either way the agent
+    records it in status.profileMismatches and SeedConsistent turns False (agent mode only)."""
 
 
 class CapacitySpec(CamelModel):

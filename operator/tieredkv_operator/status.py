@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tieredkv_operator import conditions as c
@@ -20,6 +21,8 @@ from tieredkv_operator.spec import MAX_HASH_SEED, TieredKVCacheSpec
 
 Obj = dict[str, Any]
 _LISTED_PODS = 5
+MISMATCH_WINDOW_S = 900.0
+"""How long an agent's report of a mismatched Hello keeps SeedConsistent False (15 minutes)."""
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Observed:
     pods: list[Obj] = field(default_factory=list)  # pods labelled tieredkv.io/cache=<name>
     config_hash: str | None = None
     apply_error: str | None = None
+    profile_mismatches: dict[str, Obj] = field(default_factory=dict)
+    """status.profileMismatches as the agents wrote it: node -> the last refused or warned Hello."""
 
 
 def _cond(kind: ConditionType, ok: bool | None, reason: str, message: str) -> Obj:
@@ -95,7 +100,31 @@ def _seed_value(secret: Obj, key: str) -> str | None:
     return None if raw is None else base64.b64decode(raw).decode(errors="replace")
 
 
-def _seed(o: Observed, spec: TieredKVCacheSpec, cache: str) -> Obj:
+def recent_mismatches(reports: dict[str, Obj], now: str, window_s: float = MISMATCH_WINDOW_S) -> list[str]:
+    """One line per node whose agent saw a mismatched Hello within `window_s` before `now`."""
+    current = _parse_time(now)
+    lines = []
+    for node, report in sorted(reports.items()):
+        seen = _parse_time(str(report.get("lastSeen", "")))
+        if current is None or seen is None or (current - seen).total_seconds() > window_s:
+            continue
+        got, want = report.get("offeredFingerprint", "?"), report.get("expectedFingerprint", "?")
+        lines.append(
+            f"node {node}: {report.get('instance', '?')} offered NONE_HASH fingerprint {got}, the agent "
+            f"expects {want} ({report.get('action', '?')}ed, {report.get('count', '?')} time(s), "
+            f"last at {report['lastSeen']})"
+        )
+    return lines
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _seed(o: Observed, spec: TieredKVCacheSpec, cache: str, now: str) -> Obj:
     kind = ConditionType.SEED_CONSISTENT
     name, key = names.seed_secret(cache, spec)
     if o.seed_secret is None:
@@ -121,6 +150,9 @@ def _seed(o: Observed, spec: TieredKVCacheSpec, cache: str) -> Obj:
             c.SEED_MISMATCH,
             f"{len(conflicting)} pod(s) carry their own PYTHONHASHSEED and will not share blocks: {shown}",
         )
+    mismatches = recent_mismatches(o.profile_mismatches, now)
+    if mismatches:
+        return _cond(kind, False, c.PROFILE_MISMATCH, "; ".join(mismatches[:_LISTED_PODS]))
     return _cond(kind, True, c.SEED_SECRET_READY, f"every pod of this cache uses Secret {name} key {key!r}")
 
 
@@ -147,7 +179,7 @@ def compute_status(cache: str, o: Observed, previous: Sequence[Obj], now: str) -
         _cond(ConditionType.CONFIG_VALID, True, c.CONFIG_ACCEPTED, "spec accepted"),
         _storage(o, spec, pvc),
         agents,
-        _seed(o, spec, cache),
+        _seed(o, spec, cache, now),
     ]
     failing = [x["type"] for x in conds if x["status"] != "True"]
     if o.apply_error:
@@ -175,7 +207,7 @@ def _phase(conds: list[Obj], o: Observed) -> Phase:
     by_type = {x["type"]: x for x in conds}
     if by_type["Ready"]["status"] == "True":
         return Phase.READY
-    if by_type["SeedConsistent"]["reason"] == c.SEED_MISMATCH or o.apply_error:
+    if by_type["SeedConsistent"]["reason"] in (c.SEED_MISMATCH, c.PROFILE_MISMATCH) or o.apply_error:
         return Phase.DEGRADED
     return Phase.PROGRESSING if o.daemon_set is not None or o.pvc is not None else Phase.PENDING
 

@@ -32,6 +32,23 @@ class AgentCounts(LenientCamelModel):
     """Agents that are ready."""
 
 
+class ProfileMismatchReport(LenientCamelModel):
+    """The last Hello a node's agent refused (or accepted with a warning) for a NONE_HASH mismatch."""
+
+    instance: str = ""
+    """The vLLM instance that connected: `<pod>/<pid>-<suffix>`."""
+    offered_fingerprint: str = ""
+    """The fingerprint of the instance's NONE_HASH (16 hex digits; the seed is never sent)."""
+    expected_fingerprint: str = ""
+    """The fingerprint the agent derives from the cache's seed, hash algorithm and vLLM line."""
+    action: str = ""
+    """`reject` or `warn`: the agent's agent.onProfileMismatch setting at the time."""
+    count: NonNegativeInt = 0
+    """Mismatched Hellos on this node since its agent started."""
+    last_seen: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the last one happened (RFC 3339)."""
+
+
 class TieredKVCacheStatus(LenientCamelModel):
     """Observed state of a TieredKVCache."""
 
@@ -54,3 +71,6 @@ class TieredKVCacheStatus(LenientCamelModel):
     """vLLM pods currently running with this cache's configuration injected."""
     config_hash: str | None = None
     """Hash of the rendered --kv-transfer-config; pods with another hash run a stale configuration."""
+    profile_mismatches: dict[str, ProfileMismatchReport] = Field(default_factory=dict)
+    """By node name, written by that node's agent: the last Hello whose NONE_HASH fingerprint differed.
+    A report from the last 15 minutes turns SeedConsistent False (reason ProfileMismatch)."""

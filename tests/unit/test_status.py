@@ -131,3 +131,28 @@ def test_events_are_emitted_for_flips_only() -> None:
     events = transition_events(ready, broken)
     assert ("Warning", "SeedSecretMissing") in [(e[0], e[1]) for e in events]
     assert ("Normal", "Reconciled") in [(e[0], e[1]) for e in transition_events(broken, ready)]
+
+
+def mismatch_report(last_seen: str) -> dict[str, Any]:
+    return {
+        "instance": "vllm-a/12-ab12cd",
+        "offeredFingerprint": "1111111111111111",
+        "expectedFingerprint": "2222222222222222",
+        "action": "reject",
+        "count": 3,
+        "lastSeen": last_seen,
+    }
+
+
+def test_a_recent_agent_report_of_a_mismatched_hello_degrades_the_cache_naming_both_fingerprints() -> None:
+    reports = {"node-1": mismatch_report("2026-11-22T10:00:00Z")}
+    status = compute_status("c", healthy(profile_mismatches=reports), [], "2026-11-22T10:05:00Z")
+    assert conds(status)["SeedConsistent"] == ("False", "ProfileMismatch") and status["phase"] == "Degraded"
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "SeedConsistent")
+    assert "node node-1" in message and "1111111111111111" in message and "2222222222222222" in message
+
+
+def test_an_agent_report_older_than_fifteen_minutes_no_longer_counts() -> None:
+    reports = {"node-1": mismatch_report("2026-11-22T10:00:00Z"), "node-2": {"lastSeen": "garbage"}}
+    status = compute_status("c", healthy(profile_mismatches=reports), [], "2026-11-22T10:15:01Z")
+    assert conds(status)["SeedConsistent"] == ("True", "SeedSecretReady") and status["phase"] == "Ready"

@@ -25,6 +25,7 @@ import re
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +48,9 @@ from tieredkv_agent.store.naming import Namespace
 from tieredkv_agent.tiers.base import Tier
 
 log = logging.getLogger(__name__)
+
+MismatchSink = Callable[[str, str, str, str], None]
+"""(instance id, offered fingerprint, expected fingerprint, "reject" or "warn")."""
 
 SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o770
@@ -297,10 +301,13 @@ class AgentServer:
         expected_fingerprint: str | None = None,
         on_mismatch: Literal["reject", "warn"] = "reject",
         root_dir: str | os.PathLike[str] | None = None,
+        on_mismatch_seen: MismatchSink | None = None,
     ) -> None:
         """Bind and listen, then start the accept thread (the agent's main thread).
 
         `root_dir` is the cache root the namespaces live under (default: the tier's `root_dir`).
+        `on_mismatch_seen(instance, offered, expected, action)` hears of every Hello whose fingerprint
+        differs (connection threads; it must not wait).
         """
         if on_mismatch not in ("reject", "warn"):
             raise ValueError(f"on_mismatch must be 'reject' or 'warn', not {on_mismatch!r}")
@@ -313,6 +320,7 @@ class AgentServer:
         self.limits = limits or Limits()
         self.expected_fingerprint = expected_fingerprint
         self.on_mismatch = on_mismatch
+        self.on_mismatch_seen = on_mismatch_seen
         self.root_dir = Path(root)
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
@@ -369,6 +377,8 @@ class AgentServer:
         if want is None or got == want:
             return None
         text = f"NONE_HASH fingerprint {got} differs from the agent's {want} (PYTHONHASHSEED differs?)"
+        if self.on_mismatch_seen is not None:
+            self.on_mismatch_seen(hello.instance_id, got, want, self.on_mismatch)
         if self.on_mismatch == "reject":
             return text
         log.warning("%s: %s; accepting (on_mismatch=warn)", hello.instance_id, text)

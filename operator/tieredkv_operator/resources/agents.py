@@ -40,6 +40,7 @@ def agent_env(
         "TIEREDKV_VLLM_VERSION": spec.vllm.version,
         "TIEREDKV_VLLM_CONFIG_HASH": config_hash,
         "TIEREDKV_HASH_ALGO": spec.vllm.hash_algo.value,
+        "TIEREDKV_ON_PROFILE_MISMATCH": spec.agent.on_profile_mismatch,
         "TIEREDKV_STORE_DIR": names.STORE_MOUNT_PATH,
         "TIEREDKV_SOCKET_DIR": names.socket_host_dir(agent.socket_dir, cache.namespace, cache.name),
         "TIEREDKV_READ_THREADS": agent.read_threads,
