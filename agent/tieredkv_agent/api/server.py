@@ -380,6 +380,7 @@ class AgentServer:
         if self.on_mismatch_seen is not None:
             self.on_mismatch_seen(hello.instance_id, got, want, self.on_mismatch)
         if self.on_mismatch == "reject":
+            log.warning("%s: %s; refusing the Hello (on_mismatch=reject)", hello.instance_id, text)
             return text
         log.warning("%s: %s; accepting (on_mismatch=warn)", hello.instance_id, text)
         return None
