@@ -72,3 +72,16 @@ def test_agents_serve_the_node_socket_and_accept_only_the_caches_seed(
         with pytest.raises(AgentRejected) as err:
             _connect(sock, "0" * 16)
         assert right in str(err.value) and "0" * 16 in str(err.value)
+    # Each agent records the refused Hello in the cache's status; the operator turns it into SeedConsistent.
+    caches.wait_condition(api, ns, "c", "SeedConsistent", "False", timeout=60)
+    cache = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c"
+    )
+    reports = cache["status"]["profileMismatches"]
+    assert set(reports) == {"tkv-node-1", "tkv-node-2"}
+    assert all(
+        r["offeredFingerprint"] == "0" * 16 and r["expectedFingerprint"] == right for r in reports.values()
+    )
+    seed_condition = next(c for c in cache["status"]["conditions"] if c["type"] == "SeedConsistent")
+    assert seed_condition["reason"] == "ProfileMismatch" and right in seed_condition["message"]
+    assert cache["status"]["phase"] == "Degraded"
