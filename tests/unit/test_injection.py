@@ -282,6 +282,7 @@ def test_commands_that_are_not_a_direct_vllm_server_are_skipped(command: Any, ar
         (["python3", "-m", "vllm.entrypoints.openai.api_server"], ["--model", "llama"]),
         (["python3.12", "-u", "-X", "dev", "-m", "vllm.entrypoints.openai.api_server"], None),
         (["python", "-m", "vllm.entrypoints.cli.main", "serve", "llama"], None),
+        (["/venv/bin/python", "-m", "tieredkv_agent.standin"], ["--prompt", "1:256"]),
         (None, ["--model", "llama"]),
     ],
 )
