@@ -10,7 +10,7 @@ export TIEREDKV_CACHE
 export PYTHONPATH := $(CURDIR)/hack
 
 .PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test \
-        cluster-up cluster-down cluster-status demo demo-down crds clean
+        cluster-up cluster-down cluster-status demo demo-down crds clean promtool chart-crds chart-lint
 
 help:
 	@echo "make demo          bring up the local control plane and install tieredkv into it"
@@ -32,7 +32,20 @@ kube:
 tools: venv
 	PYTHON=$(BIN)/python bash hack/get-tools.sh
 
-deps: venv kube tools
+# promtool (Debian's prometheus package) runs the alert-rule tests; the k8s tier also starts its server.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+deps: venv kube tools promtool
+
+# The chart ships a copy of crds/ (a unit test fails when they differ): refresh it after regenerating.
+chart-crds:
+	rm -f charts/tieredkv/files/crds/*.yaml
+	cp crds/*.yaml charts/tieredkv/files/crds/
+
+chart-lint: tools
+	$(TIEREDKV_CACHE)/tools/helm lint --strict charts/tieredkv
 
 lint: venv
 	$(BIN)/ruff check .
@@ -44,7 +57,7 @@ typecheck: venv
 imports: venv
 	$(BIN)/lint-imports --no-cache
 
-test-unit: venv
+test-unit: venv tools promtool
 	hack/pytest-tier.sh tests/unit unit -q
 
 test-k8s: deps

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from tieredkv_operator import __version__
@@ -20,8 +21,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace", action="append", default=[], help="watch only this namespace (repeatable)"
     )
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
-    run.add_argument("--standalone", action="store_true", help="no peering: act even if other operators run")
+    peers = run.add_mutually_exclusive_group()
+    peers.add_argument(
+        "--standalone", action="store_true", help="no peering: act even if other operators run"
+    )
+    peers.add_argument(
+        "--peering",
+        default="",
+        metavar="NAME",
+        help="kopf peering object to coordinate through: of its live members only the top priority acts "
+        "(while the object does not exist, run alone)",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default: the start time in seconds, so the newest operator acts)",
+    )
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument(
+        "--metrics", default="", metavar="HOST:PORT", help="serve /metrics here, e.g. 0.0.0.0:9401"
+    )
     return parser
 
 
@@ -42,10 +62,19 @@ def _run(args: argparse.Namespace) -> int:
 
         webhooks.WATCHED_NAMESPACES.update(args.namespace)
 
+    if args.metrics:
+        from tieredkv_operator import metrics
+
+        metrics.serve(args.metrics)
     kopf.configure(verbose=False)
     namespaces: list[str] = args.namespace
+    settings = kopf.OperatorSettings()
+    if args.peering:  # not kopf.run(peering_name=...): that makes the object mandatory
+        settings.peering.name = args.peering
     kopf.run(
+        settings=settings,
         standalone=args.standalone,
+        priority=args.priority if args.priority is not None else int(time.time()),
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness or None,

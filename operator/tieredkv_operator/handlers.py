@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from tieredkv_operator import __version__
+from tieredkv_operator import __version__, metrics
 from tieredkv_operator.kube import KubeError, shared
 from tieredkv_operator.reconcile import reconcile
 from tieredkv_operator.resources import names
@@ -125,3 +125,13 @@ def _refresh(namespace: str, name: str, *, apply: bool) -> None:
 def repair_drift(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Every drift interval: repair edited or deleted children and refresh the status."""
     _reconcile(body, patch)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def track_cache(body: kopf.Body, **kwargs: Any) -> None:
+    """Keep the per-cache gauges of the operator's metrics in step with the API (reads only)."""
+    meta = body.get("metadata") or {}
+    if kwargs.get("type") == "DELETED":
+        metrics.CACHES.forget(meta.get("namespace") or "", meta.get("name") or "")
+    else:
+        metrics.CACHES.observe(dict(body))

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 from tieredkv_operator import conditions as c
+from tieredkv_operator import metrics
 from tieredkv_operator import status as status_mod
 from tieredkv_operator.kube import SEED_FIELD_MANAGER, Kube, KubeError
 from tieredkv_operator.quantity import parse_quantity
@@ -112,8 +113,15 @@ def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, ap
     """Converge the children of the cache in `body` (unless `apply` is False) and compute its status.
 
     With apply=False nothing is written: the children are only read, for a status refresh after one of
-    them (or a pod of the cache) changed.
+    them (or a pod of the cache) changed. Each call is counted and timed in the operator's metrics.
     """
+    with metrics.timed_reconcile(apply) as report:
+        outcome = _converge(kube, body, settings, now, apply=apply)
+        report(outcome.status)
+    return outcome
+
+
+def _converge(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, apply: bool) -> Outcome:
     meta = body["metadata"]
     cache = CacheRef(meta["name"], meta["namespace"], meta["uid"], int(meta.get("generation") or 0))
     previous: list[Obj] = (body.get("status") or {}).get("conditions") or []

@@ -13,11 +13,13 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import kopf
 
+from tieredkv_operator import metrics
 from tieredkv_operator.kube import KubeError, shared
 from tieredkv_operator.resources import names
 from tieredkv_operator.resources.injection import inject
@@ -63,7 +65,8 @@ def configure_server(settings: kopf.OperatorSettings, **_: Any) -> None:
         pkeyfile=str(SETTINGS.webhook_key_file) if SETTINGS.webhook_key_file else None,
         cafile=str(SETTINGS.webhook_ca_file) if SETTINGS.webhook_ca_file else None,
     )
-    settings.admission.managed = SETTINGS.webhook_configuration_name
+    # An empty name leaves the configurations to someone else (the Helm chart owns them).
+    settings.admission.managed = SETTINGS.webhook_configuration_name or None
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -95,12 +98,17 @@ async def inject_pod(
     **kwargs: Any,
 ) -> None:
     """Add seed, config and mounts to an opted-in vLLM pod, or annotate why it was left alone."""
+    started = time.monotonic()
     caches_by_namespace: kopf.Index[str, dict[str, Any]] = kwargs["caches_by_namespace"]
     namespace = body.get("metadata", {}).get("namespace") or ""
     if not _namespace_served(namespace):
+        metrics.record_admission(metrics.WEBHOOK_PODS, "ignored", "", time.monotonic() - started)
         return
     bodies = list(caches_by_namespace.get(namespace, []))
     result = inject(dict(body), [cache_view(b) for b in bodies], plugin_image=SETTINGS.agent_image)
+    outcome = "skipped" if result.skip_reason else "injected" if result.changed else "unchanged"
+    reason = result.skip_reason.value if result.skip_reason else ""
+    metrics.record_admission(metrics.WEBHOOK_PODS, outcome, reason, time.monotonic() - started)
     if result.changed:
         patch["metadata"] = {k: result.pod["metadata"].get(k) for k in ("labels", "annotations")}
         patch["spec"] = {
@@ -144,7 +152,9 @@ def _post_events() -> None:
 @kopf.on.validate(GROUP, VERSION, PLURAL, id="validate", operations=["CREATE", "UPDATE"])
 async def validate_cache(body: kopf.Body, **kwargs: Any) -> None:
     """Refuse cross-field and immutability violations the 1.20 API server cannot express in the schema."""
-    old = kwargs.get("old")
+    started, old = time.monotonic(), kwargs.get("old")
     errors = validate(dict(body), dict(old) if old else None)
+    outcome = "denied" if errors else "allowed"
+    metrics.record_admission(metrics.WEBHOOK_CACHES, outcome, "", time.monotonic() - started)
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)

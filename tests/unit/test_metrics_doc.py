@@ -36,7 +36,21 @@ def test_the_agent_metrics_page_matches_the_agent_registry() -> None:
     assert documented("Agent") == exported(metrics.REGISTRY)
 
 
+def test_the_operator_metrics_page_matches_the_operator_registry() -> None:
+    from tieredkv_operator import metrics
+
+    assert documented("Operator") == exported(metrics.REGISTRY)
+
+
 def test_every_documented_metric_name_follows_the_naming_rule() -> None:
     rule = re.compile(r"^tieredkv_[a-z0-9]+(_[a-z0-9]+)*$")
-    names = documented("Agent")
-    assert names and all(rule.match(n) for n in names)
+    for section in ("Agent", "Operator"):
+        names = documented(section)
+        assert names and all(rule.match(n) for n in names), section
+
+
+def test_no_metric_name_is_exported_by_both_processes() -> None:
+    from tieredkv_agent import metrics as agent
+    from tieredkv_operator import metrics as operator
+
+    assert not exported(agent.REGISTRY) & exported(operator.REGISTRY)
