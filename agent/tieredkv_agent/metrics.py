@@ -15,10 +15,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tieredkv_agent import __version__
+from tieredkv_agent.engine.jobs import JobKind, KeyStatus
 
 if TYPE_CHECKING:
     from tieredkv_agent.capacity import CapacityManager
     from tieredkv_agent.tiers.file import FileTier
+    from tieredkv_agent.tiers.ram import RamPool, RamStats
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -164,10 +166,92 @@ class FileTierCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
 
 
+class TiersCollector(Collector):
+    """Per-tier hits, misses and evictions (`tier` = ram, file) and the RAM pool's own counters.
+
+    The file tier's figures come from the FileTierCollector's tier and the CapacityCollector's manager, so
+    each is wired once; the RAM series exist at zero while no RAM tier is configured.
+    """
+
+    def __init__(
+        self, files: FileTierCollector, capacity: CapacityCollector, ram: RamPool | None = None
+    ) -> None:
+        self.files = files
+        self.capacity = capacity
+        self.ram = ram
+
+    def collect(self) -> Iterator[Metric]:
+        ram = self.ram.stats() if self.ram is not None else None
+        st = self.files.tier.stats() if self.files.tier is not None else None
+        settled = st.pool.settled_blocks if st is not None else {}
+        manager = self.capacity.manager
+        per_tier = [
+            (
+                "tieredkv_tier_hit_blocks",
+                "Blocks of load jobs served by the tier",
+                ram.load_hits if ram else 0,
+                settled.get((JobKind.LOAD, KeyStatus.DONE), 0),
+            ),
+            (
+                "tieredkv_tier_miss_blocks",
+                "Blocks of load jobs the tier did not hold (ram: then read from files)",
+                ram.load_misses if ram else 0,
+                settled.get((JobKind.LOAD, KeyStatus.MISSING), 0),
+            ),
+            (
+                "tieredkv_tier_evicted_blocks",
+                "Blocks evicted from the tier (ram: least recently used; file: GC, leader only)",
+                ram.evictions if ram else 0,
+                manager.evicted_files_total if manager else 0,
+            ),
+        ]
+        for name, doc, in_ram, in_files in per_tier:
+            family = CounterMetricFamily(name, doc, labels=["tier"])
+            family.add_metric(["ram"], in_ram)
+            family.add_metric(["file"], in_files)
+            yield family
+        yield from _ram_families(ram)
+
+
+def _ram_families(ram: RamStats | None) -> Iterator[Metric]:
+    """The RAM pool's lookups, cached and uncached blocks, copy failures and bytes (zeros without one)."""
+    lookups = CounterMetricFamily("tieredkv_ram_lookups", "RAM-tier lookup answers", labels=["result"])
+    lookups.add_metric(["hit"], ram.lookup_hits if ram else 0)
+    lookups.add_metric(["miss"], ram.lookup_misses if ram else 0)
+    cached = CounterMetricFamily(
+        "tieredkv_ram_cached_blocks",
+        "Blocks copied into the RAM pool, by what brought them",
+        labels=["source"],
+    )
+    cached.add_metric(["store"], ram.cached_from_stores if ram else 0)
+    cached.add_metric(["load"], ram.cached_from_loads if ram else 0)
+    uncached = CounterMetricFamily(
+        "tieredkv_ram_uncached_blocks", "Blocks the RAM pool did not take, by reason", labels=["reason"]
+    )
+    uncached.add_metric(["no_room"], ram.no_room if ram else 0)
+    uncached.add_metric(["block_size"], ram.bypassed if ram else 0)
+    yield from (lookups, cached, uncached)
+    yield CounterMetricFamily(
+        "tieredkv_ram_copy_failed_blocks",
+        "Blocks whose copy into or out of the RAM pool failed",
+        value=ram.copy_failures if ram else 0,
+    )
+    yield GaugeMetricFamily(
+        "tieredkv_ram_usage_bytes", "Bytes of blocks held in the RAM pool", value=ram.used_bytes if ram else 0
+    )
+    yield GaugeMetricFamily(
+        "tieredkv_ram_limit_bytes",
+        "Bytes the RAM pool may hold (ramTierBytes; 0 when off)",
+        value=ram.capacity_bytes if ram else 0,
+    )
+
+
 CAPACITY = CapacityCollector()
 REGISTRY.register(CAPACITY)
 FILE_TIER = FileTierCollector()
 REGISTRY.register(FILE_TIER)
+TIERS = TiersCollector(FILE_TIER, CAPACITY)
+REGISTRY.register(TIERS)
 
 
 def serve(host: str, port: int) -> None:

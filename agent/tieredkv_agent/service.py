@@ -18,6 +18,7 @@ from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElec
 from tieredkv_agent.config import AgentSettings
 from tieredkv_agent.report import MismatchReporter, in_cluster_patch
 from tieredkv_agent.store.hashing import HashAlgo, SeedRule, UnshareableNoneHashError, none_hash_for_env
+from tieredkv_agent.tiers.base import Tier
 from tieredkv_agent.tiers.file import FileTier
 
 log = logging.getLogger("tieredkv_agent")
@@ -83,8 +84,9 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
             "config_hash": settings.vllm_config_hash,
         }
     )
-    tier = file_tier(settings)
-    metrics.FILE_TIER.tier = tier
+    files = file_tier(settings)
+    metrics.FILE_TIER.tier = files
+    tier = data_tier(settings, files)
     manager = capacity_manager(settings, elector(settings))
     metrics.CAPACITY.manager = manager
     if settings.metrics_port:
@@ -130,7 +132,7 @@ def mismatch_reporter(settings: AgentSettings) -> MismatchReporter | None:
 
 
 def socket_server(
-    settings: AgentSettings, tier: FileTier, reporter: MismatchReporter | None = None
+    settings: AgentSettings, tier: Tier, reporter: MismatchReporter | None = None
 ) -> AgentServer:
     """The node socket vLLM instances of this cache connect to (agent mode), in the cache's socket dir."""
     server = AgentServer(
@@ -154,3 +156,20 @@ def file_tier(settings: AgentSettings) -> FileTier:
         store_threshold=settings.store_admission_threshold,
         max_tracker_size=settings.store_admission_max_tracker_size,
     )
+
+
+def data_tier(settings: AgentSettings, files: FileTier) -> Tier:
+    """The tier the socket server uses: the file tier, under a node RAM pool when `ram_tier_bytes` > 0.
+
+    Only agent mode moves data through the agent, so only then is the pool built; the copy engine (and
+    torch) is imported here and nowhere else in the agent's start-up.
+    """
+    if settings.ram_tier_bytes <= 0 or settings.mode != "agent":
+        return files
+    from tieredkv_agent.tiers.layered import LayeredTier
+    from tieredkv_agent.tiers.ram import RamPool
+
+    pool = RamPool(settings.ram_tier_bytes)
+    metrics.TIERS.ram = pool
+    log.info("RAM tier: %d bytes, sized by the first block it is given", settings.ram_tier_bytes)
+    return LayeredTier(ram=pool, lower=files)
