@@ -77,8 +77,9 @@ cluster-down: venv
 cluster-status: venv
 	$(BIN)/python -m tieredkv_devcluster status
 
+SCENARIO ?= share
 demo: cluster-up
-	$(BIN)/python -m tieredkv_devcluster demo
+	$(BIN)/python -m tieredkv_devcluster demo --scenario $(SCENARIO)
 
 demo-down: cluster-down
 

@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
     sub.add_parser("down", help="stop every process the cluster started, by recorded PID")
     sub.add_parser("status", help="print the cluster's state as JSON")
-    sub.add_parser("demo", help="bring the cluster up and install tieredkv into it")
+    demo_parser = sub.add_parser("demo", help="bring the cluster up, install tieredkv, run the quickstart")
+    demo_parser.add_argument("--scenario", default="share", choices=["share", "seed-mismatch"])
     sim = sub.add_parser("sim", help="(internal) run the node simulator")
     sim.add_argument("--nodes", type=int, default=2)
     args = parser.parse_args(argv)
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from tieredkv_devcluster import demo
 
-        return demo.run(state_dir)
+        return demo.run(state_dir, args.scenario)
     from tieredkv_devcluster.sim.main import run
 
     return run(state_dir, args.nodes)

@@ -272,9 +272,22 @@ def down(state_dir: Path | None = None, log: Callable[[str], None] = print) -> N
     for record in reversed(cluster.processes):
         procs.stop(record, group=record.name == "node-simulator")
     stop_leftover_pods(layout)
+    stop_extras(layout)
     (layout.root / "sim.ready").unlink(missing_ok=True)
     layout.state_file.unlink(missing_ok=True)
     log("cluster stopped")
+
+
+def stop_extras(layout: StateLayout) -> None:
+    """Stop processes the demo started beside the cluster (Prometheus), recorded under extras/."""
+    extras = layout.root / "extras"
+    for rec_file in extras.glob("*.json") if extras.exists() else []:
+        try:
+            record = procs.ProcessRecord.from_json(json.loads(rec_file.read_text()))
+        except (OSError, ValueError, KeyError):
+            continue
+        procs.stop(record, timeout=10)
+        rec_file.unlink(missing_ok=True)
 
 
 def stop_leftover_pods(layout: StateLayout) -> None:

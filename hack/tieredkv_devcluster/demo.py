@@ -1,20 +1,29 @@
-"""`make demo`: bring up the local control plane (or use an opted-in cluster) and run tieredkv in it.
+"""`make demo`: the local control plane (or an opted-in cluster), the Helm chart, and two engines sharing
+one TieredKVCache: engine A stores its prompts, engine B then loads the shared ones from A's blocks.
 
-Steps: the CRDs from crds/, the operator as a Deployment (the node simulator runs it as a real process),
-and one TieredKVCache whose agents the operator starts on both simulated nodes; then it waits for Ready.
-The two-engine scenario joins when the data path lands. Each step prints its duration.
+Steps print their durations; the end is a short report (blocks, hit ratio, bytes, files on the volume,
+GC usage, a Prometheus to query). `SCENARIO=seed-mismatch` adds an engine whose seed differs and shows
+the loud failure: the refused Hello, the cache's SeedConsistent=False, and the alert firing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from tieredkv_devcluster import controlplane, paths, testing
+from tieredkv_devcluster import controlplane, paths, scenario, testing
+from tieredkv_devcluster.paths import StateLayout
+from tieredkv_devcluster.prometheus import Prometheus
+
+NS, CACHE, RELEASE, SYSTEM = "quickstart", "shared", "tieredkv", "tieredkv-system"
+BLOCK_BYTES = 65536
+PROMETHEUS_PORT = 19090
 
 
 @contextmanager
@@ -25,50 +34,164 @@ def step(title: str) -> Iterator[None]:
     print(f"    done in {time.monotonic() - started:.1f}s", flush=True)
 
 
-def run(state_dir: Path, log: Callable[[str], None] = print) -> int:
+def run(state_dir: Path, scenario_name: str = "share") -> int:
+    if scenario_name not in ("share", "seed-mismatch"):
+        raise SystemExit(f"unknown SCENARIO {scenario_name!r}: use share (default) or seed-mismatch")
+    kube = _cluster(state_dir)
+    docs = scenario.manifests(NS, simulated=kube.layout is not None)
+    scenario.apply(kube, [d for d in docs if d["kind"] == "Namespace"])  # the chart's Roles go in it
+    _install_chart(kube)
+    with step(f"TieredKVCache {NS}/{CACHE} (agent mode) and engine A, until the cache is Ready"):
+        scenario.apply(kube, docs)
+        kube.kubectl("-n", NS, "wait", "--for=condition=Ready", f"tkv/{CACHE}", "--timeout=180s")
+    with step("engine A serves its prompts (computes, stores through its node's agent)"):
+        first = scenario.wait_summary(kube, NS, "engine-a")
+    with step("engine B starts and serves its prompts (two of three shared with A)"):
+        scenario.scale(kube, NS, "engine-b", 1)
+        second = scenario.wait_summary(kube, NS, "engine-b")
+    prometheus = _prometheus(kube, state_dir)
+    _report(kube, first, second, prometheus)
+    if scenario_name == "seed-mismatch":
+        _seed_mismatch(kube, prometheus)
+    print(f"\nexport KUBECONFIG={kube.kubeconfig}\nmake demo-down    # stops everything the demo started")
+    return 0
+
+
+def _cluster(state_dir: Path) -> testing.TestCluster:
     if testing.use_existing():
         kubeconfig = Path(os.environ.get("KUBECONFIG", Path.home() / ".kube" / "config"))
-        log(f"using the opted-in cluster from {kubeconfig}")
-    else:
-        with step(
-            "local control plane (etcd, kube-apiserver, controller-manager, scheduler, 2 simulated nodes)"
-        ):
-            kubeconfig = controlplane.up(state_dir, log=lambda m: log(f"    {m}")).kubeconfig
-    kubectl = [str(paths.tools_dir() / "kubectl"), f"--kubeconfig={kubeconfig}"]
-    crds = sorted((paths.REPO_ROOT / "crds").glob("*.yaml"))
-    with step(f"apply {len(crds)} CRD(s) from crds/"):
-        for crd in crds:
-            subprocess.run(
-                [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(crd)], check=True
-            )
-        for crd in crds:
-            subprocess.run(
-                [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd)],
-                check=True,
-                capture_output=True,
-            )
-    demo = paths.REPO_ROOT / "hack" / "demo"
-    with step("operator (Deployment in tieredkv-system, run as a real process by the node simulator)"):
-        subprocess.run([*kubectl, "apply", "-f", str(demo / "operator.yaml")], check=True)
-        rollout = [
-            "-n",
-            "tieredkv-system",
-            "rollout",
-            "status",
-            "deployment/tieredkv-operator",
-            "--timeout=120s",
-        ]
-        subprocess.run([*kubectl, *rollout], check=True)
-    with step("TieredKVCache demo/demo: claim, seed, vLLM config, agents on 2 nodes, until Ready"):
-        subprocess.run([*kubectl, "apply", "-f", str(demo / "cache.yaml")], check=True)
-        wait = ["-n", "demo", "wait", "--for=condition=Ready", "tkv/demo", "--timeout=180s"]
-        subprocess.run([*kubectl, *wait], check=True)
-    subprocess.run(
-        [*kubectl, "-n", "demo", "get", "tkv,pvc,configmap,daemonset,pods", "-o", "wide"], check=False
+        print(f"using the opted-in cluster from {kubeconfig}")
+        return testing.TestCluster(kubeconfig, None)
+    with step("local control plane (etcd, kube-apiserver, controller-manager, scheduler, 2 simulated nodes)"):
+        cluster = controlplane.up(state_dir, log=lambda m: print(f"    {m}"))
+    return testing.TestCluster(cluster.kubeconfig, StateLayout(state_dir))
+
+
+def _install_chart(kube: testing.TestCluster) -> None:
+    chart = paths.REPO_ROOT / "charts" / "tieredkv"
+    values = [] if kube.layout is None else ["-f", str(chart / "ci" / "sim-values.yaml")]
+    helm = [str(paths.tools_dir() / "helm"), f"--kubeconfig={kube.kubeconfig}", "-n", SYSTEM]
+    args = ["upgrade", "--install", RELEASE, str(chart), "--create-namespace", "--take-ownership", "--wait"]
+    args += ["--timeout=180s", *values, "--set", f"rbac.secretNamespaces={{{NS}}}"]
+    with step(
+        "helm install charts/tieredkv (CRDs, operator, RBAC, webhooks; the operator runs as a process)"
+    ):
+        subprocess.run([*helm, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def _prometheus(kube: testing.TestCluster, state_dir: Path) -> Prometheus | None:
+    if kube.layout is None:
+        print("(no local Prometheus for an opted-in cluster: point yours at the chart's ServiceMonitor)")
+        return None
+    controlplane.stop_extras(kube.layout)
+    operator = scenario.pods(kube, SYSTEM, "app.kubernetes.io/component=operator")
+    targets = {
+        "tieredkv-agents": scenario.agent_targets(kube, NS, CACHE),
+        "tieredkv-operator": [f"{p['status']['podIP']}:9401" for p in operator if p["status"].get("podIP")],
+    }
+    configs: list[dict[str, Any]] = [
+        {"job_name": job, "static_configs": [{"targets": hosts}]} for job, hosts in targets.items()
+    ]
+    with step("Prometheus on loopback scraping the agents and the operator, with tieredkv's alert rules"):
+        prometheus = Prometheus(
+            configs,
+            directory=state_dir / "prometheus",
+            port=PROMETHEUS_PORT,
+            rule_files=[paths.REPO_ROOT / "deploy" / "prometheus" / "tieredkv-rules.yaml"],
+            record_in=state_dir / "extras",
+        )
+        prometheus.wait_for_scrapes(sum(len(hosts) for hosts in targets.values()), scrapes=2)
+    return prometheus
+
+
+def _report(
+    kube: testing.TestCluster, first: dict[str, Any], second: dict[str, Any], prometheus: Prometheus | None
+) -> None:
+    targets = scenario.agent_targets(kube, NS, CACHE)
+    metrics = scenario.scrape(targets)
+    stored = metrics.get('tieredkv_blocks_total{op="store",result="done"}', 0.0)
+    loaded = metrics.get('tieredkv_blocks_total{op="load",result="done"}', 0.0)
+    with step("waiting for the GC leader's first scan of the volume"):
+        gauges = _after_gc_pass(targets)
+    usage = gauges.get("tieredkv_volume_usage_bytes{}", 0.0)
+    limit = gauges.get("tieredkv_volume_limit_bytes{}", 0.0)
+    hit = second["loaded"] / second["blocks"] if second["blocks"] else 0.0
+    print("\n──── report ─────────────────────────────────────────────────────────────")
+    print(
+        f"engine A: {first['blocks']} blocks requested, {first['computed']} computed, "
+        f"{first['stored']} stored"
     )
-    log(
-        f"\nkubeconfig: {kubeconfig}\n  export KUBECONFIG={kubeconfig}\n"
-        "  kubectl -n demo describe tkv demo      # conditions and events\n"
-        "  make demo-down                         # stops everything"
+    print(
+        f"engine B: {second['blocks']} blocks requested, {second['loaded']} loaded from A's blocks, "
+        f"{second['computed']} computed; hit ratio {hit:.0%}; {second['mismatched']} byte mismatches"
     )
-    return 0
+    print(
+        f"agents:   {stored:.0f} blocks written, {loaded:.0f} blocks read "
+        f"({loaded * BLOCK_BYTES / 2**20:.1f} MiB)"
+    )
+    print(f"volume:   {usage / 2**20:.1f} MiB used of {limit / 2**20:.0f} MiB the GC keeps it under")
+    _show_files(kube)
+    if prometheus is not None:
+        print(f"Prometheus: {prometheus.url}  (alerts: {prometheus.url}/alerts)")
+        print("  sum by (op, result) (tieredkv_blocks_total)")
+        print("  sum(tieredkv_volume_usage_bytes) / sum(tieredkv_volume_limit_bytes)")
+
+
+def _after_gc_pass(targets: list[str]) -> dict[str, float]:
+    """The agents' gauges (maximum over agents) once the GC leader has scanned the volume."""
+
+    def scanned() -> dict[str, float] | None:
+        gauges = scenario.scrape(targets, "max")
+        return gauges if gauges.get("tieredkv_gc_last_pass_timestamp_seconds{}") else None
+
+    found: dict[str, float] = testing.wait_for(scanned, 90, "a GC pass", interval=1)
+    return found
+
+
+def _show_files(kube: testing.TestCluster) -> None:
+    claim = json.loads(kube.kubectl("get", "tkv", "-n", NS, CACHE, "-o", "json"))["status"].get("pvcName")
+    found = scenario.volume_files(kube, NS, claim) if claim else None
+    if found is None:
+        return
+    expected = scenario.expected_blocks(scenario.seed(kube, NS, CACHE), 1, 1024, BLOCK_BYTES)
+    same = sum(
+        1
+        for rel, data in expected
+        if (found.root / rel).is_file() and (found.root / rel).read_bytes() == data
+    )
+    print(f"files:    {len(found.blocks)} block files under {found.root} (vLLM's fs layout), e.g.")
+    for path in found.blocks[:2]:
+        print(f"            {path.relative_to(found.root)}")
+    print(
+        f"          prompt 1's {len(expected)} blocks recomputed here from the cache's seed: "
+        f"{same} match byte for byte"
+    )
+
+
+def _seed_mismatch(kube: testing.TestCluster, prometheus: Prometheus | None) -> None:
+    with step("engine-rogue: derives NONE_HASH from another seed (where the webhook cannot see it)"):
+        scenario.apply(kube, [scenario.rogue_engine(NS, simulated=kube.layout is not None)])
+        rogue = scenario.wait_summary(kube, NS, "engine-rogue")
+    print(
+        f"    engine-rogue: {rogue['failed_stores']} stores failed, {rogue['loaded']} loaded "
+        "(its Hello was refused)"
+    )
+    with step("the cache reports it: SeedConsistent=False (ProfileMismatch)"):
+        kube.kubectl(
+            "-n", NS, "wait", "--for=condition=SeedConsistent=False", f"tkv/{CACHE}", "--timeout=120s"
+        )
+        cache = json.loads(kube.kubectl("get", "tkv", "-n", NS, CACHE, "-o", "json"))
+        condition = next(c for c in cache["status"]["conditions"] if c["type"] == "SeedConsistent")
+        print(f"    {condition['reason']}: {condition['message']}")
+    if prometheus is None:
+        return
+    with step("alert TieredKVSeedMismatch fires (it holds for 1m first)"):
+        testing.wait_for(
+            lambda: any(
+                a["labels"].get("alertname") == "TieredKVSeedMismatch" and a["state"] == "firing"
+                for a in prometheus.alerts()
+            ),
+            180,
+            "the TieredKVSeedMismatch alert to fire",
+            interval=2,
+        )

@@ -24,11 +24,11 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.k8s import caches
 from tests.k8s.helm_release import CHART, Release
-from tests.k8s.prometheus_proc import Prometheus
 from tieredkv_agent.api.client import AgentClient
 from tieredkv_agent.api.protocol import CompatProfile, none_hash_fingerprint
 from tieredkv_agent.store.hashing import HashAlgo, none_hash
 from tieredkv_devcluster import testing
+from tieredkv_devcluster.prometheus import Prometheus
 
 pytestmark = pytest.mark.k8s
 

@@ -125,7 +125,7 @@ def start_engine(
         "TIEREDKV_KV_TRANSFER_CONFIG": cache.kv_transfer_config,
     }
     args = [sys.executable, "-m", "tieredkv_agent.standin", "--engine-id", f"{name}-{os.getpid()}"]
-    args += ["--block-bytes", str(block), "--chunks", "64"]
+    args += ["--block-bytes", str(block), "--chunks", "64", "--wait-agent-s", "10" if seed == SEED else "0.5"]
     for text in prompts:
         args += ["--prompt", text]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

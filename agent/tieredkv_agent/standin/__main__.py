@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -51,16 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=1, help="serve the prompt list this many times")
     parser.add_argument("--vllm-version", default="0.33.0")
     parser.add_argument("--hold", action="store_true", help="stay up (connected) until SIGTERM")
+    parser.add_argument("--wait-agent-s", type=float, default=30.0, help="wait this long for the agent first")
+    parser.add_argument(
+        "--hash-seed",
+        default=None,
+        help="derive NONE_HASH from this seed instead of $PYTHONHASHSEED: an engine whose seed differs in a "
+        "way the webhook cannot see (the demo's seed-mismatch scenario)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     entry = tier_entry(args.kv_transfer_config)
-    spec = engine_spec(vllm_version=args.vllm_version)
+    environ = dict(os.environ) if args.hash_seed is None else {**os.environ, "PYTHONHASHSEED": args.hash_seed}
+    spec = engine_spec(vllm_version=args.vllm_version, environ=environ)
     region = SharedRegion(args.engine_id, args.chunks, args.block_bytes)
     tier = build_tier(entry, spec, region.view)
     total = Outcome("total", 0)
     try:
+        _wait_for_agent(tier, args.wait_agent_s)
         driver = Driver(tier, region, lambda key: block_content(key, args.block_bytes))
         for round_ in range(args.repeat):
             for index, text in enumerate(args.prompt):
@@ -79,6 +89,16 @@ def run(args: argparse.Namespace) -> int:
         tier.shutdown()
         region.close()
     return 0 if not total.mismatched else 1
+
+
+def _wait_for_agent(tier: Any, timeout_s: float) -> None:
+    """Give the tier's link to the agent a moment, as a real engine warms up before traffic."""
+    link = getattr(tier, "link", None)
+    deadline = time.monotonic() + timeout_s
+    while link is not None and link.client() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if link is not None and link.client() is None:
+        log.warning("no agent connection after %.0f s (%s); serving without it", timeout_s, link.last_error)
 
 
 def _add(total: Outcome, outcome: Outcome) -> None:
