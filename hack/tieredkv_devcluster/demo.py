@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ def run(state_dir: Path, scenario_name: str = "share") -> int:
         raise SystemExit(f"unknown SCENARIO {scenario_name!r}: use share (default) or seed-mismatch")
     kube = _cluster(state_dir)
     docs = scenario.manifests(NS, simulated=kube.layout is not None)
+    if kube.kubectl("get", "namespace", NS, "--ignore-not-found", "-o", "name").strip():
+        with step(f"a fresh start: delete the namespace {NS} of an earlier run (engines, cache, volume)"):
+            kube.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s")
     scenario.apply(kube, [d for d in docs if d["kind"] == "Namespace"])  # the chart's Roles go in it
     _install_chart(kube)
     with step(f"TieredKVCache {NS}/{CACHE} (agent mode) and engine A, until the cache is Ready"):
@@ -84,6 +88,7 @@ def _prometheus(kube: testing.TestCluster, state_dir: Path) -> Prometheus | None
         print("(no local Prometheus for an opted-in cluster: point yours at the chart's ServiceMonitor)")
         return None
     controlplane.stop_extras(kube.layout)
+    shutil.rmtree(state_dir / "prometheus", ignore_errors=True)  # no series of an earlier run's pods
     operator = scenario.pods(kube, SYSTEM, "app.kubernetes.io/component=operator")
     targets = {
         "tieredkv-agents": scenario.agent_targets(kube, NS, CACHE),
