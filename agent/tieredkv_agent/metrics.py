@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,14 @@ BUILD.info({"version": __version__})
 
 COMPAT = Info("tieredkv_agent_compat", "The cache profile this agent serves", registry=REGISTRY)
 """Labels: vllm_version, mode, config_hash (one value per agent process)."""
+
+PROFILE_MISMATCHES = Counter(
+    "tieredkv_profile_mismatches",
+    "Hellos whose NONE_HASH fingerprint differed from the cache's, by what the agent did (socket threads)",
+    ["action"],
+    registry=REGISTRY,
+)
+"""`action`: reject or warn."""
 
 BLOCK_IO_SECONDS = Histogram(
     "tieredkv_block_io_duration_seconds",

@@ -135,13 +135,20 @@ def socket_server(
     settings: AgentSettings, tier: Tier, reporter: MismatchReporter | None = None
 ) -> AgentServer:
     """The node socket vLLM instances of this cache connect to (agent mode), in the cache's socket dir."""
+
+    def mismatch_seen(instance: str, offered: str, expected: str, action: str) -> None:
+        """Count it and report it to the cache's status (socket connection threads)."""
+        metrics.PROFILE_MISMATCHES.labels(action=action).inc()
+        if reporter is not None:
+            reporter.record(instance, offered, expected, action)
+
     server = AgentServer(
         settings.socket_dir / SOCKET_FILE,
         tier,
         agent_version=__version__,
         expected_fingerprint=expected_fingerprint(settings),
         on_mismatch=settings.on_profile_mismatch,
-        on_mismatch_seen=reporter.record if reporter is not None else None,
+        on_mismatch_seen=mismatch_seen,
     )
     log.info("serving vLLM instances on %s", settings.socket_dir / SOCKET_FILE)
     return server
