@@ -66,7 +66,7 @@ test-k8s: deps
 test-gpu: venv
 	hack/pytest-tier.sh tests/gpu gpu -q
 
-test: lint typecheck imports test-unit test-k8s test-gpu
+test: lint typecheck imports test-unit test-gpu test-k8s  # k8s last: its summary closes the log
 
 cluster-up: deps
 	$(BIN)/python -m tieredkv_devcluster up
