@@ -95,6 +95,30 @@ def operator(
         print(f"\n[tieredkv] operator log (tail):\n{proc.tail()}")
 
 
+def _webhook_refuses(api: client.ApiClient, ns: str) -> bool:
+    """True once the API server sends caches to the webhook: a dry-run create of an invalid one is refused.
+
+    A new webhook configuration reaches the API server's admission informer a moment after it exists.
+    """
+    probe = {
+        "apiVersion": "tieredkv.io/v1alpha1",
+        "kind": "TieredKVCache",
+        "metadata": {"name": "webhook-probe"},
+        "spec": {
+            "storage": {"size": "1Gi"},
+            "vllm": {"version": "0.33", "cpuBytes": "1Gi", "selector": {"matchLabels": {"app": "probe"}}},
+            "capacity": {"highWatermark": 0.5, "lowWatermark": 0.6},
+        },
+    }
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            "tieredkv.io", "v1alpha1", ns, "tieredkvcaches", probe, dry_run="All"
+        )
+    except client.exceptions.ApiException as err:
+        return err.status == 422
+    return False
+
+
 @pytest.fixture
 def webhook_operator(
     request: pytest.FixtureRequest,
@@ -127,6 +151,7 @@ def webhook_operator(
     testing.wait_for(
         lambda: admission.read_validating_webhook_configuration(name), 30, "the validating webhook"
     )
+    testing.wait_for(lambda: _webhook_refuses(api, ns), 30, "the API server to call the validating webhook")
     yield proc
     proc.stop()
     report = getattr(request.node, "report_call", None)
