@@ -189,7 +189,9 @@ def test_a_recreated_cache_finds_its_retained_seed_unchanged(
     client.CustomObjectsApi(api).delete_namespaced_custom_object(
         caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c"
     )
-    testing.wait_for(lambda: _gone(api, "ConfigMap", ns, "tieredkv-c-vllm"), 60, "the old children to go")
+    testing.wait_for(
+        lambda: _gone(api, "ConfigMap", ns, "tieredkv-c-vllm"), 120, "the old children to go"
+    )  # the GC controller is asynchronous
     _create(api, ns, caches.manifest("c"))
     caches.wait_condition(api, ns, "c", "Ready", "True", timeout=90)
     assert _read(api, "Secret", ns, "tieredkv-c-seed").data["seed"] == seed
