@@ -87,7 +87,8 @@ class Cluster:
         return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -234,7 +235,7 @@ def up(state_dir: Path | None = None, nodes: int = 2, log: Callable[[str], None]
     token = pki.ensure_pki(layout.pki)
     _fresh_runtime_dirs(layout)
     cluster = Cluster(layout=layout, nodes=nodes, started_at=time.time())
-    cluster.ports = {k: _free_port() for k in ("etcd_client", "etcd_peer", "apiserver")}
+    cluster.ports = {k: free_port() for k in ("etcd_client", "etcd_peer", "apiserver")}
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(paths.REPO_ROOT / "hack"), os.environ.get("PYTHONPATH", "")]),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.parse
@@ -21,16 +20,10 @@ from typing import Any
 import yaml
 
 from tieredkv_devcluster import procs, testing
+from tieredkv_devcluster.controlplane import free_port
 
 RECORD_DIR = "extras"
 """Subdirectory of a cluster state directory holding records of extra processes (stopped by `down`)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Prometheus:

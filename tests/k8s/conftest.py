@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from tests.k8s.operator_proc import OperatorProcess
 from tieredkv_devcluster import testing
+from tieredkv_devcluster.controlplane import free_port
 from tieredkv_devcluster.pki import issue_serving_cert
 
 if not testing.use_existing():
@@ -139,7 +139,7 @@ def webhook_operator(
         webhook_enabled="true",
         webhook_listen_host="127.0.0.1",
         webhook_public_host="127.0.0.1",
-        webhook_port=str(_free_port()),
+        webhook_port=str(free_port()),
         webhook_cert_file=str(cert),
         webhook_key_file=str(key),
         webhook_ca_file=str(kube.layout.pki / "ca.crt"),
@@ -163,10 +163,3 @@ def webhook_operator(
     ):
         with contextlib.suppress(Exception):
             delete(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -13,15 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tieredkv_devcluster import paths, testing
+from tieredkv_devcluster.controlplane import free_port
 
 CHART = paths.REPO_ROOT / "charts" / "tieredkv"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
