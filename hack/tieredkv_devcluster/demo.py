@@ -53,9 +53,9 @@ def run(state_dir: Path, scenario_name: str = "share") -> int:
     with step("engine B starts and serves its prompts (two of three shared with A)"):
         scenario.scale(kube, NS, "engine-b", 1)
         second = scenario.wait_summary(kube, NS, "engine-b")
-        second["finished_at"] = time.time()
+    b_finished = time.time()
     prometheus = _prometheus(kube, state_dir)
-    _report(kube, first, second, prometheus)
+    _report(kube, first, second, prometheus, since=b_finished)
     if scenario_name == "seed-mismatch":
         _seed_mismatch(kube, prometheus)
     print(f"\nexport KUBECONFIG={kube.kubeconfig}\nmake demo-down    # stops everything the demo started")
@@ -111,14 +111,19 @@ def _prometheus(kube: testing.TestCluster, state_dir: Path) -> Prometheus | None
 
 
 def _report(
-    kube: testing.TestCluster, first: dict[str, Any], second: dict[str, Any], prometheus: Prometheus | None
+    kube: testing.TestCluster,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    prometheus: Prometheus | None,
+    *,
+    since: float,
 ) -> None:
     targets = scenario.agent_targets(kube, NS, CACHE)
     metrics = scenario.scrape(targets)
     stored = metrics.get('tieredkv_blocks_total{op="store",result="done"}', 0.0)
     loaded = metrics.get('tieredkv_blocks_total{op="load",result="done"}', 0.0)
     with step("waiting for the GC leader's next scan of the volume (every 30 s)"):
-        gauges = _after_gc_pass(targets, second["finished_at"])
+        gauges = _after_gc_pass(targets, since)
     usage = gauges.get("tieredkv_volume_usage_bytes{}", 0.0)
     limit = gauges.get("tieredkv_volume_limit_bytes{}", 0.0)
     hit = second["loaded"] / second["blocks"] if second["blocks"] else 0.0

@@ -57,11 +57,7 @@ def test_engine_b_in_another_process_loads_what_engine_a_stored_and_the_files_ar
         0,
         0,
     )
-    os.environ["PYTHONHASHSEED"] = SEED
-    try:
-        spec = engine_spec()
-    finally:
-        del os.environ["PYTHONHASHSEED"]
+    spec = engine_spec(environ={"PYTHONHASHSEED": SEED})
     blocks_dir = cache.volume / f"{spec.tieredkv_engine.namespace}_r0"
     for key in request_keys(spec, prompt(1, 512)):
         assert Path(block_path(blocks_dir, key)).read_bytes() == block_content(key, BLOCK)
@@ -87,11 +83,7 @@ def test_an_engine_with_another_seed_is_refused_naming_both_fingerprints(
 def test_a_killed_agent_fails_each_job_in_flight_once_and_a_restarted_one_is_used_again(
     cache: Cache, agent: AgentProcess, tmp_path: Path
 ) -> None:
-    os.environ["PYTHONHASHSEED"] = SEED
-    try:
-        spec = engine_spec()
-    finally:
-        del os.environ["PYTHONHASHSEED"]
+    spec = engine_spec(environ={"PYTHONHASHSEED": SEED})
     region = SharedRegion(f"kill-{os.getpid()}", 64, BLOCK)
     tier = build_tier(tier_entry(cache.kv_transfer_config), spec, region.view)
     driver = Driver(tier, region, lambda key: block_content(key, BLOCK))

@@ -111,11 +111,12 @@ class Driver:
         for result in self.tier.get_finished_jobs():
             assert result.job_id in self._pending, f"unknown or repeated job id {result.job_id}"
             req_id, keys, load = self._pending.pop(result.job_id)
-            ok_keys = list(result.successful_keys or []) if load and not result.success else []
-            good = keys if result.success else ok_keys
+            partial = list(result.successful_keys or []) if load else []  # loads say which keys made it
+            good = keys if result.success else partial
             if load:
+                kept = set(good)
                 self.primary.complete_write(good, True)
-                self.primary.complete_write([k for k in keys if k not in set(good)], False)
+                self.primary.complete_write([k for k in keys if k not in kept], False)
             else:
                 self.primary.complete_read(keys)
             self._settled.setdefault(req_id, []).append((keys, load, list(good)))

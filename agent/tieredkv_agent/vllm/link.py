@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from tieredkv_agent.api.client import AgentClient, AgentRejected
@@ -45,12 +46,9 @@ class AgentLink:
     def start(self, wait_s: float = 0.0) -> bool:
         """Start connecting; wait up to `wait_s` for the first connection. True if connected."""
         self._thread.start()
-        if wait_s > 0:
-            deadline = threading.Event()
-            for _ in range(int(wait_s / 0.01) + 1):
-                if self.client() is not None:
-                    return True
-                deadline.wait(0.01)
+        deadline = time.monotonic() + wait_s
+        while self.client() is None and time.monotonic() < deadline:
+            self._stopping.wait(0.01)
         return self.client() is not None
 
     def client(self) -> AgentClient | None:
