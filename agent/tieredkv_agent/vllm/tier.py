@@ -73,7 +73,6 @@ class TieredKVTier(compat.BASE):  # type: ignore[misc]  # vLLM's base when insta
         self.instance_id = f"{os.environ.get('HOSTNAME', 'engine')}/{os.getpid()}-{uuid.uuid4().hex[:6]}"[
             :128
         ]
-        self._region_path = backing.path
         self._jobs: dict[int, tuple[tuple[bytes, ...], bool, float]] = {}
         self._verdicts: dict[str, dict[bytes, Any]] = {}
         self._failed: list[int] = []
