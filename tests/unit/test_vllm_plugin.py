@@ -155,7 +155,7 @@ def test_a_seed_mismatch_fails_the_constructor_never_but_every_connect_names_bot
         try:
             assert plugin.link.client() is None
             assert "differs from the agent's" in plugin.link.last_error
-            assert plugin.identity.profile.none_hash_fingerprint in plugin.link.last_error
+            assert plugin.engine.identity().profile.none_hash_fingerprint in plugin.link.last_error
         finally:
             plugin.shutdown()
     finally:

@@ -80,6 +80,7 @@ class AgentClient:
         region_fd: int,
         region_bytes: int,
         timeout_s: float = 5.0,
+        run_config: str | None = None,
     ) -> None:
         """Connect, send the Hello with the region descriptor, wait for HelloOk (caller thread).
 
@@ -93,6 +94,7 @@ class AgentClient:
         self._lock = threading.Lock()
         self._jobs: dict[int, int] = {}
         self._done: list[JobDone] = []
+        self._cut_off: set[int] = set()
         self._waiters: dict[tuple[str, int], _Waiter] = {}
         self._ids = itertools.count(1)
         self._connected = False
@@ -106,6 +108,7 @@ class AgentClient:
                 vllm_version=vllm_version,
                 profile=profile,
                 region_bytes=region_bytes,
+                run_config=run_config,
             )
             self.hello_ok = self._handshake(hello, region_fd)
         except BaseException:
@@ -192,6 +195,16 @@ class AgentClient:
         with self._lock:
             done, self._done = self._done, []
         return done
+
+    def take_cut_off(self) -> set[int]:
+        """Jobs reported failed because the connection ended while the agent held them (caller thread).
+
+        The agent may still be finishing I/O for them (it cancels only queued blocks), so a failed load
+        among them may still be writing into its region slots for a while.
+        """
+        with self._lock:
+            cut_off, self._cut_off = self._cut_off, set()
+        return cut_off
 
     def drain(self, timeout_s: float | None = None) -> bool:
         """Wait until every job sent so far is reported; False on timeout or a gone agent (caller)."""
@@ -306,6 +319,7 @@ class AgentClient:
         with self._lock:
             self._connected = False
             jobs, self._jobs = self._jobs, {}
+            self._cut_off.update(jobs)
             self._done.extend(_failed(job_id, keys) for job_id, keys in jobs.items())
             waiters = list(self._waiters.values())
         for waiter in waiters:

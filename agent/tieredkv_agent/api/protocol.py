@@ -67,6 +67,7 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_KEYS = 16_384
 MAX_INFLIGHT_JOBS = 1024
 MAX_ERROR_MESSAGE = 1024
+MAX_RUN_CONFIG_BYTES = 64 * 1024
 FINGERPRINT_HEX_DIGITS = 16
 
 HashAlgoName: TypeAlias = Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"]
@@ -187,6 +188,9 @@ class Hello(_Message, tag="hello", frozen=True):
     profile: CompatProfile
     region_bytes: Positive
     """The size of the region the descriptor maps; must equal its size and be a multiple of block_bytes."""
+    run_config: Annotated[str, msgspec.Meta(max_length=MAX_RUN_CONFIG_BYTES)] | None = None
+    """vLLM's run-config fields as JSON (`FileMapper.get_run_config()`), so the agent can write the
+    namespace's `config.json` as vLLM's fs tier would; they must digest to `profile.namespace`."""
 
 
 class HelloOk(_Message, tag="hello_ok", frozen=True):

@@ -42,6 +42,7 @@ from tieredkv_agent.api.protocol import (
     ServerMessage,
     Store,
 )
+from tieredkv_agent.api.run_config import parse_run_config, write_config_json
 from tieredkv_agent.api.session import Limits, Session, job_done, lookup_reply, region_owner_problem
 from tieredkv_agent.engine.jobs import BlockJob, JobResult
 from tieredkv_agent.store.naming import Namespace
@@ -236,7 +237,7 @@ class _Connection:
             self.alive = False
             return
         self.region = _Region(mapped, hello.profile.block_bytes)
-        self.namespace = self.server.namespace(hello.profile.namespace)
+        self.namespace = self.server.namespace(hello.profile.namespace, hello.run_config)
         log.info("%s: hello from %s (vllm %s)", self.name, hello.instance_id, hello.vllm_version)
         if verdict.reply is not None:
             self.send(verdict.reply)
@@ -373,6 +374,11 @@ class AgentServer:
         name = hello.profile.namespace
         if not _NAMESPACE_NAME.match(name) or name in (".", ".."):
             return f"namespace {name!r} is not a <model>_<digest12> directory name"
+        if hello.run_config is not None:
+            try:
+                parse_run_config(name, hello.run_config)
+            except ValueError as exc:
+                return str(exc)
         got, want = hello.profile.none_hash_fingerprint, self.expected_fingerprint
         if want is None or got == want:
             return None
@@ -385,16 +391,24 @@ class AgentServer:
         log.warning("%s: %s; accepting (on_mismatch=warn)", hello.instance_id, text)
         return None
 
-    def namespace(self, name: str) -> Namespace:
-        """The Namespace of a checked namespace name under the root (connection threads)."""
+    def namespace(self, name: str, run_config: str | None = None) -> Namespace:
+        """The Namespace of a checked namespace name under the root (connection threads).
+
+        With the Hello's checked `run_config`, the namespace's config.json is written once, as vLLM would.
+        """
+        fields = parse_run_config(name, run_config) if run_config is not None else {}
         with self._lock:
             found = self._namespaces.get(name)
-            if found is None:
+            first_fields = found is None or (bool(fields) and not found.fields)
+            if first_fields:
                 config_dir = self.root_dir / name
                 digest = name.rsplit("_", 1)[1]
-                found = Namespace({}, digest, config_dir, config_dir.with_name(f"{name}_r0"))
+                found = Namespace(fields, digest, config_dir, config_dir.with_name(f"{name}_r0"))
                 self._namespaces[name] = found
-            return found
+        assert found is not None
+        if first_fields and fields:
+            write_config_json(found)  # outside the lock: a slow volume must not stall other Hellos
+        return found
 
     @property
     def connections(self) -> int:

@@ -9,7 +9,11 @@ with the stand-ins below. Releases differ (reference: vllm-kv-offload.md §1):
   `True`/`False`/`None` from `lookup`. `lookup_answer` converts.
 * `JobResult` gained `successful_keys`, `transfer_time` and `transfer_bytes` over time;
   `make_job_result` passes only the fields the installed class has.
-* `TransferJob.chunk_ids` was `block_ids` before 0.33; `job_slots` reads either.
+* `TransferJob.chunk_ids` (0.32 on) was `block_ids` in older releases; `job_slots` reads either.
+* `JobResult.deferred_release` (0.34 on): a failed load whose I/O may still write into its slots hands
+  vLLM an event to set once it cannot; `make_job_result` drops it on releases without the field.
+* `on_new_request` must return a `RequestOffloadingContext` (vLLM reads its `policy`); `request_context`
+  builds vLLM's default one, or a stand-in.
 
 Imported once, on the thread that imports the plugin; everything here is immutable afterwards.
 """
@@ -20,6 +24,7 @@ import dataclasses
 import enum
 import importlib
 import logging
+import threading
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -58,6 +63,14 @@ class FallbackJobResult:
     successful_keys: Collection[bytes] | None = None
     transfer_time: float | None = None
     transfer_bytes: int | None = None
+    deferred_release: threading.Event | None = None
+
+
+@dataclasses.dataclass
+class FallbackRequestOffloadingContext:
+    """vLLM's per-request tier preference, for when vLLM is not installed (block level, the default)."""
+
+    policy: str = "CHUNK_LEVEL"
 
 
 class FallbackSecondaryTierManager:
@@ -85,6 +98,10 @@ LOOKUP_RESULT: Any = (
 )
 """None when vLLM is installed but predates LookupResult (lookups then answer True/False/None)."""
 JOB_RESULT: Any = VLLM_JOB_RESULT if VLLM_JOB_RESULT is not None else FallbackJobResult
+VLLM_REQUEST_CONTEXT: Any = _find("RequestOffloadingContext", _TYPE_MODULES)
+REQUEST_CONTEXT: Any = (
+    VLLM_REQUEST_CONTEXT if VLLM_REQUEST_CONTEXT is not None else FallbackRequestOffloadingContext
+)
 _JOB_RESULT_FIELDS = (
     frozenset(f.name for f in dataclasses.fields(JOB_RESULT))
     if dataclasses.is_dataclass(JOB_RESULT)
@@ -106,6 +123,7 @@ def make_job_result(
     successful_keys: Collection[bytes] | None,
     transfer_time: float,
     transfer_bytes: int,
+    deferred_release: threading.Event | None = None,
 ) -> Any:
     """A JobResult with whichever of the optional fields the installed class has."""
     values: dict[str, Any] = {
@@ -114,10 +132,21 @@ def make_job_result(
         "successful_keys": successful_keys,
         "transfer_time": transfer_time,
         "transfer_bytes": transfer_bytes,
+        "deferred_release": deferred_release,
     }
     if _JOB_RESULT_FIELDS is not None:
         values = {name: value for name, value in values.items() if name in _JOB_RESULT_FIELDS}
     return JOB_RESULT(**values)
+
+
+def supports_deferred_release() -> bool:
+    """True when the installed JobResult carries `deferred_release` (vLLM 0.34 on, and the stand-in)."""
+    return _JOB_RESULT_FIELDS is None or "deferred_release" in _JOB_RESULT_FIELDS
+
+
+def request_context() -> Any:
+    """A fresh default `RequestOffloadingContext` (what `on_new_request` returns)."""
+    return REQUEST_CONTEXT()
 
 
 def job_slots(job: Any) -> list[int]:

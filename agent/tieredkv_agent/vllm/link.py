@@ -5,7 +5,8 @@ Threads:
 
 * vLLM's scheduler thread (under vLLM's tiering lock) calls `client`, `poll`, `close`;
 * `tkv-plugin-connect` (started by `start`) connects, and after a loss reconnects with exponential
-  backoff (0.05 s doubling to `max_backoff_s`). It only ever swaps `_client`, under `_lock`.
+  backoff (0.05 s doubling to `max_backoff_s`). It only ever swaps `_client`, under `_lock`. While
+  `connect` raises `NotReady` it asks again every `ready_poll_s`, quietly.
 
 Failure accounting: every job is submitted to exactly one client, and a client reports each of its jobs
 exactly once (a real JobDone, or a failure it makes up when the agent goes). A dead client is kept until
@@ -27,12 +28,18 @@ log = logging.getLogger(__name__)
 Connect = Callable[[], AgentClient]
 
 
+class NotReady(Exception):  # noqa: N818 (a state, not an error)
+    """`connect` cannot try yet (the engine has not seeded its hashes); the link asks again shortly."""
+
+
 class AgentLink:
     """A self-healing connection to the agent (see the module docstring for threads)."""
 
-    def __init__(self, connect: Connect, *, max_backoff_s: float = 5.0) -> None:
+    def __init__(self, connect: Connect, *, max_backoff_s: float = 5.0, ready_poll_s: float = 0.05) -> None:
         self._connect = connect
         self._max_backoff_s = max_backoff_s
+        self._ready_poll_s = ready_poll_s
+        self._cut_off: set[int] = set()
         self._lock = threading.Lock()
         self._client: AgentClient | None = None
         self._dead: list[AgentClient] = []
@@ -68,6 +75,7 @@ class AgentLink:
         done: list[JobDone] = []
         if live is not None:
             done.extend(live.poll())
+            self._cut_off |= live.take_cut_off()
             if not live.connected:
                 with self._lock:
                     self._retire_locked(live)
@@ -75,12 +83,18 @@ class AgentLink:
         for client in dead:
             empty = client.pending_jobs == 0  # before the poll: then nothing can arrive after it
             done.extend(client.poll())
+            self._cut_off |= client.take_cut_off()
             if empty:
                 finished.append(client)
         if finished:
             with self._lock:
                 self._dead = [client for client in self._dead if client not in finished]
         return done
+
+    def take_cut_off(self) -> set[int]:
+        """Job ids that `poll` reported failed because their connection ended (scheduler thread)."""
+        cut_off, self._cut_off = self._cut_off, set()
+        return cut_off
 
     def _retire_locked(self, client: AgentClient) -> None:
         if self._client is client:
@@ -111,6 +125,9 @@ class AgentLink:
                 return
             try:
                 client = self._connect()
+            except NotReady:
+                self._stopping.wait(self._ready_poll_s)
+                continue
             except (OSError, AgentRejected) as exc:
                 if str(exc) != self.last_error:
                     log.warning("cannot reach the tieredkv agent: %s (retrying with backoff)", exc)
