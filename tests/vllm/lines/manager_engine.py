@@ -43,7 +43,11 @@ def offloading_config(extra_config: dict[str, Any], engine_id: str, block_bytes:
         is_parallelism_agnostic=True,
     )
     return kv_config.OffloadingConfig(
-        groups=(kv_config.OffloadingGroupConfig(tokens_per_block=TOKENS_PER_BLOCK, layer_names=LAYERS, group_id=0),),
+        groups=(
+            kv_config.OffloadingGroupConfig(
+                tokens_per_block=TOKENS_PER_BLOCK, layer_names=LAYERS, group_id=0
+            ),
+        ),
         worker_kv_bytes_per_block=block_bytes,
         enable_kv_cache_events=False,
         extra_config=extra_config,
@@ -56,8 +60,7 @@ def offloading_config(extra_config: dict[str, Any], engine_id: str, block_bytes:
 
 def block_bytes_for(key: bytes, size: int) -> bytes:
     """What the 'GPU' holds for a block: a pattern derived from its key, so any mix-up shows."""
-    pattern = (key * (size // len(key) + 1))[:size]
-    return pattern
+    return (key * (size // len(key) + 1))[:size]
 
 
 @dataclass
@@ -74,7 +77,9 @@ class Outcome:
 class ManagerEngine:
     """One engine's scheduler side: vLLM's manager with the kv-transfer-config the operator rendered."""
 
-    def __init__(self, kv_transfer_config: str, engine_id: str, *, chunks: int = 64, block: int = 65536) -> None:
+    def __init__(
+        self, kv_transfer_config: str, engine_id: str, *, chunks: int = 64, block: int = 65536
+    ) -> None:
         extra = dict(json.loads(kv_transfer_config)["kv_connector_extra_config"])
         extra["cpu_bytes_to_use"] = chunks * block
         self.block = block
@@ -105,7 +110,8 @@ class ManagerEngine:
         """The request's offload keys, from vLLM's own block hashing (one group, one block per chunk)."""
         keys, parent = [], None
         for start in range(0, len(tokens) - TOKENS_PER_BLOCK + 1, TOKENS_PER_BLOCK):
-            parent = kv_cache_utils.hash_block_tokens(self._hash, parent, tokens[start : start + TOKENS_PER_BLOCK])
+            chunk = tokens[start : start + TOKENS_PER_BLOCK]
+            parent = kv_cache_utils.hash_block_tokens(self._hash, parent, chunk)
             keys.append(kv_base.make_offload_key(bytes(parent), 0))
         return keys
 

@@ -156,8 +156,9 @@ def test_a_load_cut_off_by_the_agent_s_death_keeps_its_slots_until_the_grace_has
     a.run_request("a-1", prompt)
     tier = b.tier
     os.kill(agent.proc.pid, signal.SIGSTOP)  # the agent holds the job and cannot answer it
+    keys = b.keys(prompt)
     job = TransferJob(
-        job_id=10**6, keys=b.keys(prompt), chunk_ids=np.arange(32), is_promotion=True, req_context=ReqContext("c")
+        job_id=10**6, keys=keys, chunk_ids=np.arange(32), is_promotion=True, req_context=ReqContext("c")
     )
     tier.submit_load(job)
     agent.kill()
