@@ -85,9 +85,11 @@ def test_a_killed_agent_fails_each_job_in_flight_once_and_a_restarted_one_is_use
 ) -> None:
     spec = engine_spec(environ={"PYTHONHASHSEED": SEED})
     region = SharedRegion(f"kill-{os.getpid()}", 64, BLOCK)
-    tier = build_tier(tier_entry(cache.kv_transfer_config), spec, region.view)
+    entry = {**tier_entry(cache.kv_transfer_config), "startup_wait_s": 10.0, "release_grace_s": 0.2}
+    tier = build_tier(entry, spec, region.view)
     driver = Driver(tier, region, lambda key: block_content(key, BLOCK))
     try:
+        assert tier.link.client() is not None
         for n in range(6):  # six store jobs of eight blocks, then the agent dies under them
             keys = request_keys(spec, prompt(100 + n, 128))
             driver._compute_and_cascade(keys, ReqContext(f"r{n}"))

@@ -57,7 +57,8 @@ def engines(server: AgentServer) -> Iterator[list[tuple[SharedRegion, TieredKVTi
     made: list[tuple[SharedRegion, TieredKVTier]] = []
     for name in ("a", "b"):
         region = SharedRegion(f"test-{os.getpid()}-{name}", 16, BLOCK)
-        made.append((region, build_tier(entry(server), engine_spec(environ=SEED_ENV), region.view)))
+        connected = {**entry(server), "startup_wait_s": 5.0}
+        made.append((region, build_tier(connected, engine_spec(environ=SEED_ENV), region.view)))
     yield made
     for region, plugin in made:
         plugin.shutdown()
