@@ -1,5 +1,6 @@
 # The one tieredkv image: the operator, the node agent and the vLLM tier plugin the agent's init container
-# copies into vLLM pods. Build from the repository root:
+# copies into vLLM pods (with tieredkv_common, the vLLM line table all three read). Build from the repository
+# root:
 #   docker build -t ghcr.io/tieredkv/tieredkv:0.1.0 .
 # The tag is the chart's appVersion (charts/tieredkv/Chart.yaml), which equals the package version.
 # TORCH_INDEX_URL picks the torch build: CPU by default (the agent's copy engine imports torch lazily);
@@ -17,6 +18,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY agent/ agent/
+COPY common/ common/
 RUN pip install --only-binary=:all: --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
  && pip install . \
  && pip uninstall -y pip setuptools wheel

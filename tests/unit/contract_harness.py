@@ -118,7 +118,7 @@ class AgentProcess:
 def start_engine(
     cache: Cache, name: str, prompts: list[str], *, seed: str = SEED, block: int = 65536
 ) -> subprocess.Popen[str]:
-    """A stand-in engine process with the config and seed the webhook injects."""
+    """A stand-in engine process with the config the operator renders and the seed the webhook injects."""
     env = {
         **_clean_environ(),
         "PYTHONHASHSEED": seed,

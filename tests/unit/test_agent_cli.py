@@ -118,14 +118,16 @@ def test_the_expected_fingerprint_follows_the_seed_algorithm_and_line(
     assert expected_fingerprint(AgentSettings(vllm_version="")) is None, "no line: nothing to check against"
 
 
-def test_install_plugin_puts_an_importable_plugin_and_its_entry_point_on_a_pythonpath(tmp_path: Path) -> None:
+def test_install_plugin_puts_the_plugin_its_line_table_and_its_entry_point_on_a_pythonpath(
+    tmp_path: Path,
+) -> None:
     cli = [sys.executable, "-m", "tieredkv_agent.cli", "install-plugin", str(tmp_path / "plugin")]
     subprocess.run(cli, check=True, capture_output=True)
     probe = (
-        "import sys, importlib.metadata as m, tieredkv_agent.vllm as v\n"
+        "import sys, importlib.metadata as m, tieredkv_agent.vllm as v, tieredkv_common.vllm_lines as t\n"
         "found = m.distributions(path=[sys.argv[1]])  # the plugin directory alone\n"
         "points = [p.value for d in found for p in d.entry_points if p.group == 'vllm.general_plugins']\n"
-        "print(v.__file__, 'tieredkv_agent.vllm:register' in points, 'torch' in sys.modules)\n"
+        "print(v.__file__, t.__file__, 'tieredkv_agent.vllm:register' in points, 'torch' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin")}
     done = subprocess.run(
@@ -136,5 +138,6 @@ def test_install_plugin_puts_an_importable_plugin_and_its_entry_point_on_a_pytho
         text=True,
         check=True,
     )
-    path, has_entry_point, torch_loaded = done.stdout.split()
-    assert path.startswith(str(tmp_path / "plugin")) and has_entry_point == "True" and torch_loaded == "False"
+    path, table_path, has_entry_point, torch_loaded = done.stdout.split()
+    assert path.startswith(str(tmp_path / "plugin")) and table_path.startswith(str(tmp_path / "plugin"))
+    assert has_entry_point == "True" and torch_loaded == "False"

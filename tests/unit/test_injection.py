@@ -269,6 +269,7 @@ def test_a_pod_that_already_carries_the_caches_seed_ref_is_injected_without_a_du
         (["python3", "train.py"], None),
         (["python3", "-m", "vllm.entrypoints.cli.main", "bench"], None),
         (["/usr/bin/start.sh"], ["llama"]),
+        (["python", "-m", "tieredkv_agent.standin"], ["--prompt", "1:256"]),
     ],
 )
 def test_commands_that_are_not_a_direct_vllm_server_are_skipped(command: Any, args: Any) -> None:
@@ -282,7 +283,6 @@ def test_commands_that_are_not_a_direct_vllm_server_are_skipped(command: Any, ar
         (["python3", "-m", "vllm.entrypoints.openai.api_server"], ["--model", "llama"]),
         (["python3.12", "-u", "-X", "dev", "-m", "vllm.entrypoints.openai.api_server"], None),
         (["python", "-m", "vllm.entrypoints.cli.main", "serve", "llama"], None),
-        (["/venv/bin/python", "-m", "tieredkv_agent.standin"], ["--prompt", "1:256"]),
         (None, ["--model", "llama"]),
     ],
 )
@@ -294,6 +294,67 @@ def test_direct_vllm_server_commands_get_the_flag_appended_to_args(command: Any,
         "--kv-transfer-config",
         "$(TIEREDKV_KV_TRANSFER_CONFIG)",
     ]
+
+
+def config_via(p: dict[str, Any], value: str) -> dict[str, Any]:
+    p["metadata"]["annotations"] = {"tieredkv.io/kv-transfer-config": value}
+    return p
+
+
+STANDIN = {"command": ["python", "-m", "tieredkv_agent.standin"], "args": ["--prompt", "1:256"]}
+
+
+def test_a_pod_that_takes_the_config_from_env_gets_everything_but_a_changed_command() -> None:
+    cache = agent_cache()
+    result = inject(config_via(pod(**STANDIN), "env"), [cache], plugin_image=PLUGIN_IMAGE)
+    assert (result.skip_reason, result.warnings) == (None, ())
+    container = vllm_container(result.pod)
+    assert (container["command"], container["args"]) == (STANDIN["command"], STANDIN["args"])
+    assert container["env"] == [
+        SEED_CHAT,
+        {"name": "TIEREDKV_KV_TRANSFER_CONFIG", "valueFrom": CONFIG_REF},
+        {"name": "PYTHONPATH", "value": "/opt/tieredkv/python"},
+    ]
+    wired = inject(pod(args=["--block-size", "16"]), [cache], plugin_image=PLUGIN_IMAGE).pod
+    assert container["volumeMounts"] == vllm_container(wired)["volumeMounts"]
+    assert result.pod["spec"]["volumes"] == wired["spec"]["volumes"]
+    assert result.pod["spec"]["initContainers"] == wired["spec"]["initContainers"]
+    assert result.pod["metadata"]["annotations"]["tieredkv.io/injected"] == "chat-cache"
+
+
+def test_with_the_env_annotation_a_shell_passing_its_own_flag_is_injected_and_left_as_written() -> None:
+    script = 'exec vllm serve llama --kv-transfer-config "$TIEREDKV_KV_TRANSFER_CONFIG"'
+    p = config_via(pod(NATIVE_LABELS, command=["sh", "-c", script]), "env")
+    result = inject(p, [native_cache()], plugin_image=PLUGIN_IMAGE)
+    assert result.skip_reason is None
+    assert vllm_container(result.pod)["command"] == ["sh", "-c", script]
+    assert "args" not in vllm_container(result.pod)
+
+
+def test_with_the_env_annotation_the_configs_env_var_set_by_the_pod_itself_is_kept_or_conflicts() -> None:
+    own = {"name": "TIEREDKV_KV_TRANSFER_CONFIG", "valueFrom": CONFIG_REF}
+    result = inject(config_via(pod(env=[own], **STANDIN), "env"), [agent_cache()], plugin_image=PLUGIN_IMAGE)
+    assert result.skip_reason is None
+    assert [e["name"] for e in vllm_container(result.pod)["env"]].count("TIEREDKV_KV_TRANSFER_CONFIG") == 1
+    other = {"name": "TIEREDKV_KV_TRANSFER_CONFIG", "value": "{}"}
+    p = config_via(pod(env=[other], **STANDIN), "env")
+    skipped(p, [agent_cache()], SkipReason.VOLUME_CONFLICT)
+
+
+def test_an_unknown_config_annotation_value_is_treated_as_args_with_a_warning() -> None:
+    result = inject(config_via(pod(), "environment"), [agent_cache()], plugin_image=PLUGIN_IMAGE)
+    assert result.skip_reason is None
+    assert vllm_container(result.pod)["args"][-2:] == [
+        "--kv-transfer-config",
+        "$(TIEREDKV_KV_TRANSFER_CONFIG)",
+    ]
+    assert len(result.warnings) == 1 and "'environment'" in result.warnings[0]
+
+
+def test_the_stand_in_engine_without_the_env_annotation_is_skipped_with_a_hint_to_use_it() -> None:
+    result = inject(pod(**STANDIN), [agent_cache()], plugin_image=PLUGIN_IMAGE)
+    assert result.skip_reason is SkipReason.COMMAND_NOT_RECOGNISED
+    assert "tieredkv.io/kv-transfer-config=env" in result.message
 
 
 @pytest.mark.parametrize(
@@ -433,3 +494,22 @@ def test_pod_seed_state_tells_ok_missing_and_conflict_apart() -> None:
     assert pod_seed_state(pod(), cache) == "missing"
     assert pod_seed_state(pod(env=[{"name": "PYTHONHASHSEED", "value": "0"}]), cache) == "conflict"
     assert pod_seed_state(pod(), agent_cache(container="engine")) == "missing"
+
+
+def test_the_quickstarts_stand_in_engines_are_injected_without_being_taken_for_vllm() -> None:
+    docs = [doc for doc in yaml.safe_load_all((EXAMPLES / "quickstart.yaml").read_text()) if doc]
+    cache = cache_view(next(doc for doc in docs if doc["kind"] == "TieredKVCache"))
+    assert isinstance(cache, CacheView)
+    for deployment in (doc for doc in docs if doc["kind"] == "Deployment"):
+        template = copy.deepcopy(deployment["spec"]["template"])
+        engine = {"metadata": {**template["metadata"], "namespace": "quickstart"}, "spec": template["spec"]}
+        result = inject(engine, [cache], plugin_image=PLUGIN_IMAGE)
+        assert (result.skip_reason, result.warnings) == (None, ()), result.message
+        before, after = template["spec"]["containers"][0], vllm_container(result.pod)
+        assert (after["command"], after["args"]) == (before["command"], before["args"])
+        env = {entry["name"]: entry for entry in after["env"]}
+        assert env["PYTHONHASHSEED"]["valueFrom"]["secretKeyRef"]["name"] == "tieredkv-shared-seed"
+        assert env["TIEREDKV_KV_TRANSFER_CONFIG"] == before["env"][0]
+        without = copy.deepcopy(engine)
+        del without["metadata"]["annotations"]["tieredkv.io/kv-transfer-config"]
+        skipped(without, [cache], SkipReason.COMMAND_NOT_RECOGNISED)

@@ -1,4 +1,4 @@
-"""The plugin's batched lookups: verdicts known at once, unknown keys asked once per step, in the background."""
+"""The plugin's batched lookups: known verdicts at once, unknown keys asked once per step, off-thread."""
 
 from __future__ import annotations
 

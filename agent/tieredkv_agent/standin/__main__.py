@@ -1,7 +1,10 @@
 """`python -m tieredkv_agent.standin`: run a stand-in engine against the tier vLLM would be given.
 
-The tier comes from the same `--kv-transfer-config` JSON the operator injects into vLLM pods (argument
-or `$TIEREDKV_KV_TRANSFER_CONFIG`): its `secondary_tiers[0]` entry is built as vLLM's factory builds it. Each
+The tier comes from the same `--kv-transfer-config` JSON the operator renders for vLLM pods (argument or
+`$TIEREDKV_KV_TRANSFER_CONFIG`; in a pod, the cache's ConfigMap `tieredkv-<name>-vllm`, which the pod passes
+on itself: the webhook does not take the stand-in for vLLM and leaves its command alone when the pod is
+annotated `tieredkv.io/kv-transfer-config: env`): its `secondary_tiers[0]` entry is built as vLLM's factory
+builds it. Each
 `--prompt SEED:TOKENS` is one request of a reproducible prompt; prompts sharing a seed share a prefix.
 Prints one JSON line per request, then a summary line; exit status 0 iff every loaded block had the
 right bytes and no job was lost. `--hold` keeps the engine (and its connection) up until SIGTERM.

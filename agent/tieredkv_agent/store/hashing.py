@@ -5,8 +5,9 @@ bytes hashed are exactly vLLM's: pickle protocol 5 (sha256, xxhash) or canonical
 variants) of `(parent_hash, tuple(token_ids), extra_keys)`, with NONE_HASH as the first parent.
 
 NONE_HASH = hash(seed), where the seed is the PYTHONHASHSEED *string* of the vLLM process. What
-happens when PYTHONHASHSEED is unset depends on the release line (`SeedRule`); when vLLM picks a
-random seed, no other process can name its blocks and `none_hash_for_env` refuses.
+happens when PYTHONHASHSEED is unset depends on the release line (`SeedRule`, a column of the line table in
+`tieredkv_common.vllm_lines`); when vLLM picks a random seed, no other process can name its blocks and
+`none_hash_for_env` refuses.
 """
 
 import enum
@@ -18,20 +19,33 @@ from collections.abc import Callable, Mapping, Sequence
 import cbor2
 import xxhash
 
-from tieredkv_agent.store.naming import parse_vllm_release
+from tieredkv_common import vllm_facts
+from tieredkv_common.vllm_facts import DEFAULT_NONE_HASH_SEED, SeedRule
+
+__all__ = [
+    "DEFAULT_NONE_HASH_SEED",
+    "PICKLE_PROTOCOL",
+    "ExtraKeys",
+    "HashAlgo",
+    "SeedRule",
+    "UnshareableNoneHashError",
+    "block_hashes",
+    "hash_block_tokens",
+    "hash_object",
+    "none_hash",
+    "none_hash_for_env",
+    "none_hash_seed",
+]
 
 PICKLE_PROTOCOL = 5
 """`pickle.HIGHEST_PROTOCOL` on every Python vLLM supports (3.10 … 3.13); pinned so it cannot drift."""
-
-DEFAULT_NONE_HASH_SEED = "vllm-none-hash"
-"""The seed vLLM >= 0.29 uses for sha256 and sha256_cbor when PYTHONHASHSEED is unset."""
 
 ExtraKeys = tuple[object, ...] | None
 """Per-block extra keys (LoRA, multimodal, cache salt, prompt embeds) exactly as vLLM builds them."""
 
 
 class HashAlgo(enum.Enum):
-    """`--prefix-caching-hash-algo` values."""
+    """`--prefix-caching-hash-algo` values (the line table's `HASH_DIGEST_BYTES`)."""
 
     SHA256 = "sha256"
     SHA256_CBOR = "sha256_cbor"
@@ -41,21 +55,7 @@ class HashAlgo(enum.Enum):
     @property
     def digest_size(self) -> int:
         """Bytes per block hash: 32 for the sha256 variants, 16 for xxh3-128."""
-        return 32 if self in (HashAlgo.SHA256, HashAlgo.SHA256_CBOR) else 16
-
-
-class SeedRule(enum.Enum):
-    """How a vLLM release line seeds NONE_HASH when PYTHONHASHSEED is unset."""
-
-    RANDOM_WHEN_UNSET = "random_when_unset"
-    """vLLM 0.22 … 0.28.x: unset means 32 random bytes per process, for every algorithm."""
-    DEFAULT_WHEN_UNSET = "default_when_unset"
-    """vLLM >= 0.29: unset means "vllm-none-hash" for sha256/sha256_cbor, random for the xxhash ones."""
-
-    @classmethod
-    def for_vllm(cls, version: str) -> "SeedRule":
-        """The rule of a vLLM release (verified: absent in 0.28.0, present in 0.29.0 … 0.33.0)."""
-        return cls.RANDOM_WHEN_UNSET if parse_vllm_release(version) < (0, 29) else cls.DEFAULT_WHEN_UNSET
+        return vllm_facts.HASH_DIGEST_BYTES[self.value]
 
 
 class UnshareableNoneHashError(ValueError):
@@ -93,11 +93,7 @@ def none_hash_seed(algo: HashAlgo, rule: SeedRule, pythonhashseed: str | None) -
 
     A set value is used verbatim, even `""` or `"random"`; `"0"` and `"00"` are different seeds.
     """
-    if pythonhashseed is not None:
-        return pythonhashseed
-    if rule is SeedRule.DEFAULT_WHEN_UNSET and algo in (HashAlgo.SHA256, HashAlgo.SHA256_CBOR):
-        return DEFAULT_NONE_HASH_SEED
-    return None
+    return vllm_facts.none_hash_seed(rule, algo.value, pythonhashseed)
 
 
 def none_hash(algo: HashAlgo, seed: str) -> bytes:

@@ -9,49 +9,49 @@ Layout, byte-identical to vLLM's FileMapper::
     <root>/<safe_model>_<digest12>_r<rank>/<h[0:3]>/<h[3:5]>_g<group>/<h>.bin
 
 `digest12` is the first 12 hex digits of sha256 over the canonical JSON of the run-config fields. Which
-fields exist depends on the vLLM release line (`FieldSchema`); the rank is 0 for everything the
+fields exist depends on the vLLM release line (`FieldSchema`, from the line table in
+`tieredkv_common.vllm_lines`, which names each schema's keys); the rank is 0 for everything the
 scheduler-side tier writes.
 """
 
-import enum
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tieredkv_common.vllm_facts import NAMING_FIELDS, FieldSchema
+from tieredkv_common.vllm_lines import FIRST_TIERED_RELEASE, parse_release
+
+__all__ = [
+    "FIRST_TIERED_RELEASE",
+    "GROUP_SUFFIX_BYTES",
+    "FieldSchema",
+    "KvCacheGroup",
+    "Namespace",
+    "RunConfig",
+    "block_path",
+    "block_relpath",
+    "chunk_offload_keys",
+    "config_digest",
+    "config_json_text",
+    "ensure_namespace",
+    "make_offload_key",
+    "namespace_for",
+    "parse_vllm_release",
+    "run_config_fields",
+    "safe_model_name",
+    "split_offload_key",
+]
+
 GROUP_SUFFIX_BYTES = 4
 """An offload key is the block hash followed by the KV-cache group index as 4 big-endian bytes."""
-
-FIRST_TIERED_RELEASE = (0, 22)
-"""The first vLLM release with the tiering framework and the `fs` tier."""
 
 
 def parse_vllm_release(version: str) -> tuple[int, int]:
     """`"0.28.1"`, `"0.29.0rc1"`, `"0.33.0+cu128"` -> (major, minor); ValueError if unparsable or too old."""
-    match = re.match(r"^\s*v?(\d+)\.(\d+)", version)
-    if match is None:
-        raise ValueError(f"not a vLLM version: {version!r}")
-    release = (int(match.group(1)), int(match.group(2)))
-    if release < FIRST_TIERED_RELEASE:
-        raise ValueError(f"vLLM {version} predates the fs tier (first release: 0.22.0)")
-    return release
-
-
-class FieldSchema(enum.Enum):
-    """Which run-config field names feed the namespace digest."""
-
-    LEGACY = "legacy"
-    """vLLM 0.22 … 0.25.x: `hash_block_size`, `gpu_blocks_per_file`, groups' `block_size`, no markers."""
-    CURRENT = "current"
-    """vLLM 0.26 … 0.33 (verified on 0.28 and 0.33): `tokens_per_hash`, `blocks_per_file`, markers."""
-
-    @classmethod
-    def for_vllm(cls, version: str) -> "FieldSchema":
-        """The schema of a vLLM release (the 0.25/0.26 boundary comes from third-party notes)."""
-        return cls.LEGACY if parse_vllm_release(version) < (0, 26) else cls.CURRENT
+    return parse_release(version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class RunConfig:
     schema: FieldSchema = FieldSchema.CURRENT
 
     def __post_init__(self) -> None:
-        if self.schema is FieldSchema.LEGACY and (self.replicated_layout or self.canonical_format):
+        if not NAMING_FIELDS[self.schema].markers and (self.replicated_layout or self.canonical_format):
             raise ValueError("replicated_layout and canonical_format do not exist on the legacy schema")
 
 
@@ -104,15 +104,14 @@ def run_config_fields(config: RunConfig) -> dict[str, object]:
         "dtype": config.dtype.removeprefix("torch."),
         "inference_engine": "vllm",
     }
-    legacy = config.schema is FieldSchema.LEGACY
-    fields["hash_block_size" if legacy else "tokens_per_hash"] = config.tokens_per_hash
-    fields["gpu_blocks_per_file" if legacy else "blocks_per_file"] = config.blocks_per_file
-    size_key = "block_size" if legacy else "tokens_per_block"
+    names = NAMING_FIELDS[config.schema]
+    fields[names.tokens_per_hash] = config.tokens_per_hash
+    fields[names.blocks_per_file] = config.blocks_per_file
     fields["kv_cache_groups"] = [
-        {size_key: group.tokens_per_block, "layer_names": list(group.layer_names)}
+        {names.group_tokens_per_block: group.tokens_per_block, "layer_names": list(group.layer_names)}
         for group in config.kv_cache_groups
     ]
-    if not legacy:
+    if names.markers:
         if not config.parallel_agnostic:
             fields["parallel_agnostic"] = False
         if config.replicated_layout:

@@ -16,7 +16,8 @@ Rules:
 * The edit is all or nothing: a pod that cannot be injected completely gets only the annotation
   `tieredkv.io/skip-reason` (and, once a cache was chosen, the label `tieredkv.io/cache`, so the operator
   finds it for the SeedConsistent condition). See `injection_wiring` for what an injection adds and
-  `vllm_command` for the recognised vLLM command lines (`sh -c` strings are not edited).
+  `vllm_command` for the recognised vLLM command lines (`sh -c` strings are not edited); a pod annotated
+  `tieredkv.io/kv-transfer-config: env` passes the config on itself and its command is not read.
 """
 
 import copy
@@ -126,7 +127,9 @@ def _injected(pod: dict[str, Any], cache: CacheView, plugin_image: str) -> Injec
             f"the pod has no container {wanted!r} (it has {present or 'none'}); rename the vLLM container or "
             f"set spec.vllm.container of TieredKVCache {cache.name!r}",
         )
-    warnings = wire(child_dict(edited, "spec"), container, cache, plugin_image)
+    annotations = child_dict(edited, "metadata").get("annotations") or {}
+    config_via = annotations.get(names.ANNOTATION_KV_TRANSFER_CONFIG)
+    warnings = wire(child_dict(edited, "spec"), container, cache, plugin_image, config_via=config_via)
     stamps = {names.ANNOTATION_INJECTED: cache.name, names.ANNOTATION_CONFIG_HASH: cache.config_hash}
     _stamp(edited, stamps, cache_label=cache.name)
     child_dict(child_dict(edited, "metadata"), "annotations").pop(names.ANNOTATION_SKIP_REASON, None)

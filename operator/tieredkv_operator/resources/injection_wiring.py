@@ -3,6 +3,14 @@
 `wire()` edits a deep copy of the pod in place and either returns (with warnings) or raises
 `InjectionSkipError` or `EditConflictError`; the caller then discards the copy, so a skipped pod is never
 half-edited. Runs on kopf's admission handler threads: fast, pure, no API calls.
+
+The rendered config reaches the container as the env var TIEREDKV_KV_TRANSFER_CONFIG (from the cache's
+ConfigMap) in every case. How the engine gets it from there depends on the pod's annotation
+`tieredkv.io/kv-transfer-config`: `args` (the default) appends `--kv-transfer-config
+$(TIEREDKV_KV_TRANSFER_CONFIG)` to a command recognised as vLLM's server (`vllm_command`; anything else is
+skipped); `env` reads no command at all, and the container passes the variable on itself (a shell-wrapped
+`vllm serve`, or tieredkv's stand-in engine, which is not vLLM). Everything else the webhook adds (seed,
+mounts, socket directory, plugin, /dev/shm) does not depend on the command.
 """
 
 from typing import Final, Literal
@@ -27,6 +35,9 @@ SEED_ENV: Final = "PYTHONHASHSEED"
 CONFIG_ENV: Final = "TIEREDKV_KV_TRANSFER_CONFIG"
 CONFIG_ARG: Final = f"$({CONFIG_ENV})"
 """Kubernetes expands $(VAR) in args from the container's env, so the JSON lives only in the ConfigMap."""
+CONFIG_VIA_ARGS: Final = "args"
+CONFIG_VIA_ENV: Final = "env"
+"""Values of the pod annotation tieredkv.io/kv-transfer-config (names.ANNOTATION_KV_TRANSFER_CONFIG)."""
 PYTHONPATH_ENV: Final = "PYTHONPATH"
 PLUGIN_VOLUME: Final = "tieredkv-plugin"
 PLUGIN_INIT_CONTAINER: Final = "tieredkv-plugin"
@@ -42,8 +53,13 @@ SHM_HEADROOM_BYTES: Final = 1024**3
 SeedState = Literal["ok", "missing", "conflict"]
 
 
-def wire(pod_spec: JsonDict, container: JsonDict, cache: CacheView, plugin_image: str) -> list[str]:
-    """Wire `container` (inside `pod_spec`) to `cache`; returns warnings, raises when the pod is skipped."""
+def wire(
+    pod_spec: JsonDict, container: JsonDict, cache: CacheView, plugin_image: str, *, config_via: str | None
+) -> list[str]:
+    """Wire `container` (inside `pod_spec`) to `cache`; returns warnings, raises when the pod is skipped.
+
+    `config_via` is the pod's tieredkv.io/kv-transfer-config annotation (None when absent).
+    """
     if seed_state(container, cache) == "conflict":
         secret, key = names.seed_secret(cache.name, cache.spec)
         raise InjectionSkipError(
@@ -52,8 +68,8 @@ def wire(pod_spec: JsonDict, container: JsonDict, cache: CacheView, plugin_image
             f"match the other pods'; remove it (tieredkv injects it from Secret {secret!r} key {key!r})",
         )
     ensure_named(container, "env", seed_env(cache), "environment variable")
-    _wire_kv_transfer_config(container, cache)
-    warnings = _wire_agent(pod_spec, container, cache, plugin_image) if _is_agent(cache) else []
+    warnings = _wire_kv_transfer_config(container, cache, config_via)
+    warnings += _wire_agent(pod_spec, container, cache, plugin_image) if _is_agent(cache) else []
     if not _is_agent(cache):
         _wire_native(pod_spec, container, cache)
     return warnings + _wire_shm(pod_spec, container, cache.spec.vllm.cpu_bytes)
@@ -93,7 +109,16 @@ def _is_agent(cache: CacheView) -> bool:
     return cache.spec.vllm.mode is VllmMode.AGENT
 
 
-def _wire_kv_transfer_config(container: JsonDict, cache: CacheView) -> None:
+def _wire_kv_transfer_config(container: JsonDict, cache: CacheView, config_via: str | None) -> list[str]:
+    if config_via == CONFIG_VIA_ENV:
+        ensure_named(container, "env", config_env(cache), "environment variable")
+        return []
+    warnings = []
+    if config_via not in (None, CONFIG_VIA_ARGS):
+        warnings.append(
+            f"annotation {names.ANNOTATION_KV_TRANSFER_CONFIG}={config_via!r} is neither "
+            f"{CONFIG_VIA_ARGS!r} nor {CONFIG_VIA_ENV!r}; tieredkv treated it as {CONFIG_VIA_ARGS!r}"
+        )
     command = [str(token) for token in container.get("command") or []]
     args = [str(token) for token in container.get("args") or []]
     name = container.get("name")
@@ -102,7 +127,9 @@ def _wire_kv_transfer_config(container: JsonDict, cache: CacheView) -> None:
         raise InjectionSkipError(
             SkipReason.COMMAND_NOT_RECOGNISED,
             f"container {name!r} {why}; start vLLM directly (`vllm serve ...` or `python3 -m "
-            f"vllm.entrypoints.openai.api_server ...`) or wire {KV_TRANSFER_FLAG} yourself",
+            f"vllm.entrypoints.openai.api_server ...`), or annotate the pod "
+            f"{names.ANNOTATION_KV_TRANSFER_CONFIG}={CONFIG_VIA_ENV} and pass "
+            f"{KV_TRANSFER_FLAG} {CONFIG_ARG} yourself",
         )
     state = kv_flag_state([*command, *args], CONFIG_ARG)
     if state == "foreign":
@@ -114,6 +141,7 @@ def _wire_kv_transfer_config(container: JsonDict, cache: CacheView) -> None:
     ensure_named(container, "env", config_env(cache), "environment variable")
     if state == "absent":
         child_list(container, "args").extend([KV_TRANSFER_FLAG, CONFIG_ARG])
+    return warnings
 
 
 def _wire_agent(pod_spec: JsonDict, container: JsonDict, cache: CacheView, plugin_image: str) -> list[str]:

@@ -28,6 +28,10 @@ ANNOTATION_SKIP_REASON: Final = "tieredkv.io/skip-reason"
 """Stamped by the webhook on an opted-in pod it left alone, with a kebab-case reason."""
 ANNOTATION_CONFIG_HASH: Final = "tieredkv.io/config-hash"
 """On the agent pod template (rolls the DaemonSet on change) and on injected pods (which config they got)."""
+ANNOTATION_KV_TRANSFER_CONFIG: Final = "tieredkv.io/kv-transfer-config"
+"""On a pod: how its container gets the rendered config. `args` (default): the webhook appends
+`--kv-transfer-config` to a recognised vLLM command; `env`: the webhook leaves command and args alone and only
+provides the config as TIEREDKV_KV_TRANSFER_CONFIG, which the container passes on itself."""
 
 STORE_MOUNT_PATH: Final = "/var/lib/tieredkv/store"
 """Where the agents mount the shared volume."""

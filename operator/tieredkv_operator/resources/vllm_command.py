@@ -6,14 +6,14 @@ only safe when the argv really starts vLLM's server. Recognised forms (argv = co
 * `vllm serve ...` (any path to the `vllm` executable);
 * `python[3[.N]] [interpreter flags] -m vllm.entrypoints.openai.api_server ...`;
 * `python[3[.N]] [interpreter flags] -m vllm.entrypoints.cli.main serve ...`;
-* `python[3[.N]] [interpreter flags] -m tieredkv_agent.standin ...`: tieredkv's stand-in engine (the demo's
-  "vLLM engine" without a GPU), which takes `--kv-transfer-config` exactly as vLLM does;
 * no `command` at all: the image's entrypoint is taken to be vLLM's server (as in the vllm/vllm-openai
   images), unless the args themselves start a shell.
 
-Shell wrappers (`sh -c "vllm serve ..."`) are deliberately not parsed: editing a shell string reliably is not
-possible, so they are reported as not recognised. These functions run on kopf's admission handler threads
-and must stay fast and pure.
+Only vLLM's own commands are recognised: anything else, tieredkv's stand-in engine included, is not vLLM and
+gets no flag. Shell wrappers (`sh -c "vllm serve ..."`) are deliberately not parsed: editing a shell string
+reliably is not possible, so they are reported as not recognised. A pod whose container passes the config on
+itself says so with the annotation `tieredkv.io/kv-transfer-config: env`, and then its command is not read.
+These functions run on kopf's admission handler threads and must stay fast and pure.
 """
 
 import posixpath
@@ -26,7 +26,6 @@ KV_TRANSFER_FLAG: Final = "--kv-transfer-config"
 _FLAG_SPELLINGS: Final = (KV_TRANSFER_FLAG, "--kv_transfer_config")
 API_SERVER_MODULE: Final = "vllm.entrypoints.openai.api_server"
 CLI_MODULE: Final = "vllm.entrypoints.cli.main"
-STANDIN_MODULE: Final = "tieredkv_agent.standin"
 SHELLS: Final = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh"})
 _PYTHON = re.compile(r"^python(3(\.[0-9]+)?)?$")
 _PYTHON_FLAGS_WITH_VALUE: Final = frozenset({"-W", "-X", "-Q"})
@@ -77,9 +76,7 @@ def _python_runs_vllm(argv: Sequence[str]) -> bool:
     module = argv[i + 1 : i + 2]
     if argv[i : i + 1] != ["-m"] or not module:
         return False
-    if module[0] in (API_SERVER_MODULE, STANDIN_MODULE):
-        return True
-    return module[0] == CLI_MODULE and argv[i + 2 : i + 3] == ["serve"]
+    return module[0] == API_SERVER_MODULE or (module[0] == CLI_MODULE and argv[i + 2 : i + 3] == ["serve"])
 
 
 def _show(argv: Sequence[str], limit: int = 60) -> str:

@@ -9,7 +9,8 @@ bytes in /dev/shm plus one secondary tier, which depends on the mode and on the 
 
 vLLM passes every key of a tier entry except `type`/`module_path` to the tier's constructor, so an agent tier
 entry carries exactly the constructor arguments of the tieredkv tier: `socket_path`, `cache_namespace`,
-`cache_name`.
+`cache_name`. The names and the per-line facts come from the table shared with the agent and the plugin
+(`tieredkv_common`).
 """
 
 import copy
@@ -20,20 +21,21 @@ from typing import Final
 
 from pydantic import JsonValue
 
+from tieredkv_common.vllm_facts import (
+    AGENT_TIER_CLASS,
+    AGENT_TIER_MODULE,
+    AGENT_TIER_PLUGIN_TYPE,
+    CONNECTOR,
+    ROLE,
+    SPEC_NAME,
+)
 from tieredkv_operator.resources.names import socket_host_dir
 from tieredkv_operator.spec import TieredKVCacheSpec, VllmMode
 from tieredkv_operator.vllm_lines import VllmLine, vllm_line
 
-CONNECTOR: Final = "OffloadingConnector"
-ROLE: Final = "kv_both"
-SPEC_NAME: Final = "TieringOffloadingSpec"
 VOLUME_MOUNT_PATH: Final = "/mnt/tieredkv"
 """Where the webhook mounts the shared volume in native-mode vLLM containers."""
 AGENT_SOCKET_FILE: Final = "agent.sock"
-AGENT_TIER_CLASS: Final = "TieredKVTier"
-AGENT_TIER_MODULE: Final = "tieredkv_agent.vllm"
-AGENT_TIER_PLUGIN_TYPE: Final = "tieredkv"
-"""Tier type name registered by the tieredkv vLLM general plugin, for lines without `module_path`."""
 
 KvTransferConfig = dict[str, JsonValue]
 
