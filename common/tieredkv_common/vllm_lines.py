@@ -206,3 +206,8 @@ def line_for_release(version: str) -> VllmLine:
     """
     release = parse_release(version)
     return [row for row in LINES.values() if row.release <= release][-1]
+
+
+def latest_line() -> VllmLine:
+    """The newest supported line's row."""
+    return LINES[supported_lines()[-1]]

@@ -3,17 +3,14 @@
 The plugin subclasses vLLM's real `SecondaryTierManager` and answers with vLLM's own `LookupResult` and
 `JobResult` whenever vLLM is installed, so vLLM's isinstance checks and dataclass fields hold. Without
 vLLM (the agent image, tests, the demo's stand-in engine) the module still imports and the plugin works
-with the stand-ins below. Releases differ (reference: vllm-kv-offload.md §1):
+with the stand-ins below.
 
-* `LookupResult` (MISS/HIT/HIT_PENDING/RETRY) exists from about 0.25; older releases take
-  `True`/`False`/`None` from `lookup`. `lookup_answer` converts.
-* `JobResult` gained `successful_keys`, `transfer_time` and `transfer_bytes` over time;
-  `make_job_result` passes only the fields the installed class has.
-* `TransferJob.chunk_ids` (0.32 on) was `block_ids` in older releases; `job_slots` reads either.
-* `JobResult.deferred_release` (0.34 on): a failed load whose I/O may still write into its slots hands
-  vLLM an event to set once it cannot; `make_job_result` drops it on releases without the field.
-* `on_new_request` must return a `RequestOffloadingContext` (vLLM reads its `policy`); `request_context`
-  builds vLLM's default one, or a stand-in.
+What differs between vLLM lines comes from the one line table (`tieredkv_common.vllm_lines`, its `TierApi`),
+looked up by the installed vLLM's version (`LINE`; the newest row without vLLM): the job slot field
+(`chunk_ids`, `block_ids` in older lines), whether `JobResult` has `deferred_release` (0.34 on), the
+`LookupResult` enum or `True`/`False`/`None` (before 0.25). `JOB_RESULT_MISMATCH` says where the installed
+classes disagree with the table (the per-line tests assert it is empty); `make_job_result` passes only the
+fields the installed class really has, whatever the table says.
 
 Imported once, on the thread that imports the plugin; everything here is immutable afterwards.
 """
@@ -27,6 +24,8 @@ import logging
 import threading
 from collections.abc import Collection, Iterable
 from typing import Any
+
+from tieredkv_common.vllm_lines import VllmLine, latest_line, line_for_release
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,32 @@ _JOB_RESULT_FIELDS = (
 )
 
 
+def _installed_line() -> VllmLine:
+    try:
+        version = str(importlib.import_module("vllm").__version__)
+    except Exception:
+        return latest_line()
+    try:
+        return line_for_release(version)
+    except ValueError:
+        log.warning("vLLM %s is not a release the line table knows; assuming the newest line", version)
+        return latest_line()
+
+
+LINE: VllmLine = _installed_line()
+"""The line-table row of the installed vLLM (the newest row when vLLM is absent)."""
+JOB_RESULT_MISMATCH: frozenset[str] = (
+    frozenset(_JOB_RESULT_FIELDS) ^ frozenset(LINE.tier_api.job_result_fields)
+    if VLLM_JOB_RESULT is not None and _JOB_RESULT_FIELDS is not None
+    else frozenset()
+)
+"""JobResult fields where the installed vLLM and the line table disagree (empty when they agree)."""
+if JOB_RESULT_MISMATCH:
+    log.warning(
+        "vLLM's JobResult differs from line %s of the table in %s", LINE.line, sorted(JOB_RESULT_MISMATCH)
+    )
+
+
 def lookup_answer(code: str) -> Any:
     """The value `lookup` returns for "HIT", "MISS" or "RETRY" on the installed vLLM."""
     if LOOKUP_RESULT is None:
@@ -140,8 +165,9 @@ def make_job_result(
 
 
 def supports_deferred_release() -> bool:
-    """True when the installed JobResult carries `deferred_release` (vLLM 0.34 on, and the stand-in)."""
-    return _JOB_RESULT_FIELDS is None or "deferred_release" in _JOB_RESULT_FIELDS
+    """True when the line and the installed class have `JobResult.deferred_release` (0.34 on; stand-ins)."""
+    has_field = _JOB_RESULT_FIELDS is None or "deferred_release" in _JOB_RESULT_FIELDS
+    return LINE.tier_api.deferred_release and has_field
 
 
 def request_context() -> Any:
@@ -150,13 +176,13 @@ def request_context() -> Any:
 
 
 def job_slots(job: Any) -> list[int]:
-    """The primary-tier slot of each key: `chunk_ids` (0.33 on) or `block_ids` (before)."""
-    slots = getattr(job, "chunk_ids", None)
-    if slots is None:
-        slots = getattr(job, "block_ids", None)
-    if slots is None:
-        raise TypeError(f"{type(job).__name__} has neither chunk_ids nor block_ids")
-    return [int(slot) for slot in slots]
+    """The primary-tier slot of each key: the line's field (`chunk_ids` or `block_ids`), else the other."""
+    first = LINE.tier_api.job_slot_field
+    for name in (first, "block_ids" if first == "chunk_ids" else "chunk_ids"):
+        slots = getattr(job, name, None)
+        if slots is not None:
+            return [int(slot) for slot in slots]
+    raise TypeError(f"{type(job).__name__} has neither chunk_ids nor block_ids")
 
 
 def request_id(req_context: Any) -> str | None:
