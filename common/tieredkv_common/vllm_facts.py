@@ -28,6 +28,10 @@ AGENT_TIER_CLASS: Final = "TieredKVTier"
 AGENT_TIER_MODULE: Final = "tieredkv_agent.vllm"
 AGENT_TIER_PLUGIN_TYPE: Final = "tieredkv"
 """Tier type the tieredkv vLLM general plugin registers, for lines without `module_path`."""
+CPU_SPEC_NAME: Final = "CPUTieringOffloadingSpec"
+"""`spec_name` of tieredkv's CPU offloading worker (`tieredkv_agent.vllm_cpu`), for vLLM's CPU platform."""
+CPU_SPEC_MODULE: Final = "tieredkv_agent.vllm_cpu"
+"""`spec_module_path` of that spec; the pod needs tieredkv's plugin on its PYTHONPATH."""
 AGENT_TIER_KEYS: Final = ("socket_path", "cache_namespace", "cache_name")
 """The keys of a tieredkv tier entry besides `type`/`module_path`: the tier's constructor arguments."""
 

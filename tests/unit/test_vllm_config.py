@@ -163,3 +163,26 @@ def test_the_rendered_example_in_the_configuration_guide_is_current() -> None:
     assert first_json_block is not None
     documented = json.loads(first_json_block.group(1))
     assert documented == render_kv_transfer_config(cache.spec, name=name, namespace=namespace)
+
+
+@pytest.mark.parametrize("mode", list(VllmMode))
+def test_a_cpu_device_swaps_in_tieredkvs_cpu_offloading_spec_and_keeps_the_tiers(mode: VllmMode) -> None:
+    gpu = render(make_spec("0.32", mode))
+    cpu = render(make_spec("0.32", mode, device="cpu"))
+    extra = cpu["kv_connector_extra_config"]
+    assert (extra["spec_name"], extra["spec_module_path"]) == (
+        "CPUTieringOffloadingSpec",
+        "tieredkv_agent.vllm_cpu",
+    )
+    assert extra["secondary_tiers"] == gpu["kv_connector_extra_config"]["secondary_tiers"]
+    assert "spec_module_path" not in gpu["kv_connector_extra_config"]
+
+
+def test_a_cpu_device_is_refused_on_a_line_the_cpu_worker_does_not_support() -> None:
+    with pytest.raises(ValueError, match=r"vllm.device=cpu needs a vLLM line .* \(0\.32\), not 0\.33"):
+        make_spec("0.33", VllmMode.NATIVE, device="cpu")
+
+
+def test_spec_module_path_stays_reserved_and_points_at_the_device_field() -> None:
+    with pytest.raises(ValueError, match="vllm.device=cpu"):
+        make_spec("0.32", VllmMode.NATIVE, extraConfig={"spec_module_path": "x"})

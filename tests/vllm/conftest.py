@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from tests.vllm.model import ensure_model
+from tieredkv_operator.resources.vllm_config import render_kv_transfer_config
+from tieredkv_operator.spec import TieredKVCacheSpec
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_PROC = Path(__file__).with_name("engine_proc.py")
@@ -46,25 +48,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def native_kv_config(
-    root_dir: Path, *, cpu_bytes: int = CPU_BYTES, block_size: int = BLOCK_SIZE
-) -> dict[str, Any]:
-    """A native-mode --kv-transfer-config, shaped as operator/.../resources/vllm_config.py renders it (CPU
-    primary tier + vLLM's own `fs` tier), plus the two keys that select tieredkv's CPU offloading worker."""
-    from tieredkv_agent.vllm_cpu import spec_keys
+def cache_spec(mode: str, agent: dict[str, Any] | None = None, **vllm: Any) -> TieredKVCacheSpec:
+    """A TieredKVCache spec for CPU engines on the tiny model: vLLM 0.32, device cpu, 32-token chunks."""
+    return TieredKVCacheSpec.model_validate(
+        {
+            "storage": {"size": "1Gi"},
+            "vllm": {
+                "version": "0.32",
+                "mode": mode,
+                "device": "cpu",
+                "cpuBytes": CPU_BYTES,
+                "blockSize": BLOCK_SIZE,
+                "nativeReadThreads": 2,
+                "nativeWriteThreads": 2,
+                "selector": {"matchLabels": {"app": "engine"}},
+                **vllm,
+            },
+            "agent": agent or {},
+        }
+    )
 
-    return {
-        "kv_connector": "OffloadingConnector",
-        "kv_role": "kv_both",
-        "kv_connector_extra_config": {
-            **spec_keys(),
-            "cpu_bytes_to_use": cpu_bytes,
-            "block_size": block_size,
-            "secondary_tiers": [
-                {"type": "fs", "root_dir": str(root_dir), "n_read_threads": 2, "n_write_threads": 2}
-            ],
-        },
-    }
+
+def native_kv_config(root_dir: Path) -> dict[str, Any]:
+    """The operator's rendered native-mode config for a CPU engine, its fs tier rooted at `root_dir` (where
+    the webhook would mount the volume)."""
+    config: dict[str, Any] = render_kv_transfer_config(cache_spec("native"), name="shared", namespace="team")
+    (tier,) = config["kv_connector_extra_config"]["secondary_tiers"]
+    tier["root_dir"] = str(root_dir)
+    return config
 
 
 def engine_result(workdir: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:

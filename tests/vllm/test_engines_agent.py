@@ -1,8 +1,8 @@
 """Agent mode with real engines: vLLM processes share prompt KV through `TieredKVTier` and a real agent.
 
 The agent is `tieredkv-agent run` configured from the operator's DaemonSet env; each engine gets the
-operator's rendered agent-mode `--kv-transfer-config` (plus tieredkv's CPU offloading worker, which the
-CPU platform needs) and the cache's seed, as the webhook injects them. Mixed mode: a native-mode engine
+operator's rendered agent-mode `--kv-transfer-config` for `vllm.device: cpu` (tieredkv's CPU offloading
+worker) as it is, and the cache's seed, as the webhook injects them. Mixed mode: a native-mode engine
 (vLLM's own `fs` tier on the same volume) and an agent-mode engine read each other's blocks.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.unit.contract_harness import SEED, AgentProcess, Cache, make_cache
-from tests.vllm.conftest import BLOCK_SIZE, CPU_BYTES, Runner, engine_result, native_kv_config
+from tests.unit.contract_harness import SEED, AgentProcess, Cache
+from tests.vllm.conftest import BLOCK_SIZE, Runner, cache_spec, engine_result, native_kv_config
 from tests.vllm.model import prompt_tokens
-from tieredkv_agent.vllm_cpu import spec_keys
+from tieredkv_operator.resources.names import CacheRef
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 
@@ -30,9 +30,10 @@ SERVE = [prompt_tokens(PROMPT_LEN, seed=s) for s in (21, 22, 23)]
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    made = make_cache(tmp_path_factory.mktemp("agent-cache"))
-    made.spec = made.spec.model_copy(update={"vllm": made.spec.vllm.model_copy(update={"version": "0.32"})})
-    return made
+    root = tmp_path_factory.mktemp("agent-cache")
+    (root / "volume").mkdir()
+    spec = cache_spec("agent", agent={"socketDir": str(root / "run")})
+    return Cache(CacheRef("shared", "team", "uid-1", 1), spec, root / "volume")
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,8 @@ def agent(cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ag
 
 
 def agent_kv_config(cache: Cache) -> dict[str, Any]:
-    """The operator's rendered agent-mode config, with the CPU worker and a small CPU tier."""
+    """The operator's rendered agent-mode config for a CPU engine, as it is."""
     config: dict[str, Any] = json.loads(cache.kv_transfer_config)
-    extra = config["kv_connector_extra_config"]
-    extra.update(spec_keys(), cpu_bytes_to_use=CPU_BYTES, block_size=BLOCK_SIZE)
     return config
 
 

