@@ -184,5 +184,5 @@ def test_a_cpu_device_is_refused_on_a_line_the_cpu_worker_does_not_support() -> 
 
 
 def test_spec_module_path_stays_reserved_and_points_at_the_device_field() -> None:
-    with pytest.raises(ValueError, match="vllm.device=cpu"):
+    with pytest.raises(ValueError, match=r"vllm\.device=cpu"):
         make_spec("0.32", VllmMode.NATIVE, extraConfig={"spec_module_path": "x"})
