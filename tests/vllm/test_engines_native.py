@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from tests.vllm.conftest import BLOCK_SIZE, Runner, native_kv_config
-from tests.vllm.model import TinyLlama, prompt_tokens
 from tieredkv_agent.store import hashing, naming
+from tieredkv_devcluster.vllm_model import TinyLlama, prompt_tokens
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 

