@@ -85,7 +85,7 @@ cluster-status: venv
 	$(BIN)/python -m tieredkv_devcluster status
 
 SCENARIO ?= share
-demo: cluster-up
+demo: cluster-up vllm-env
 	$(BIN)/python -m tieredkv_devcluster demo --scenario $(SCENARIO)
 
 demo-down: cluster-down

