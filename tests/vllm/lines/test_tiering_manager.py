@@ -20,7 +20,7 @@ from vllm.v1.kv_offload.tiering.base import TransferJob
 
 from tests.unit.contract_harness import AgentProcess, Cache
 from tests.vllm.lines.conftest import LINE, EngineFactory
-from tests.vllm.lines.manager_engine import TOKENS_PER_BLOCK, block_bytes_for
+from tests.vllm.lines.manager_engine import TOKENS_PER_BLOCK, ManagerEngine, block_bytes_for
 
 pytestmark = pytest.mark.vllm
 
@@ -36,6 +36,13 @@ def mapper(engine_spec: object, root: Path) -> FileMapper:
         blocks_per_file=1,
         parallel_agnostic=True,
     )
+
+
+def start_engines(*engines: ManagerEngine) -> None:
+    """What follows building the tiers in vLLM's start-up: seed the block hashes; then each tier connects."""
+    engines[0].seed_hashes()  # init_none_hash is process-wide
+    for engine in engines:
+        engine.wait_connected()
 
 
 def test_the_tier_is_built_before_vllm_seeds_its_hashes_and_says_hello_only_after(
@@ -54,9 +61,7 @@ def test_a_second_engine_loads_what_the_first_stored_byte_for_byte_at_vllms_own_
     agent: AgentProcess, engines: EngineFactory, cache: Cache
 ) -> None:
     a, b = engines("a"), engines("b")
-    a.seed_hashes()
-    a.wait_connected()
-    b.wait_connected()
+    start_engines(a, b)
     prompt = tokens(1, 6)
     first = a.run_request("a-1", prompt)
     assert (first.hits, first.computed, first.stored) == (0, 6, 6)
@@ -71,8 +76,7 @@ def test_the_namespace_config_json_is_what_vllms_fs_tier_writes(
     agent: AgentProcess, engines: EngineFactory, cache: Cache
 ) -> None:
     a = engines("a")
-    a.seed_hashes()
-    a.wait_connected()
+    start_engines(a)
     a.run_request("a-1", tokens(2, 2))
     files = mapper(a.spec, cache.volume)
     expected = json.dumps(files.get_run_config(), indent=2, sort_keys=True)
@@ -83,9 +87,7 @@ def test_a_partly_stored_prompt_loads_the_stored_prefix_and_computes_the_rest(
     agent: AgentProcess, engines: EngineFactory
 ) -> None:
     a, b = engines("a"), engines("b")
-    a.seed_hashes()
-    a.wait_connected()
-    b.wait_connected()
+    start_engines(a, b)
     prompt = tokens(3, 8)
     a.run_request("a-1", prompt[: 3 * TOKENS_PER_BLOCK])
     outcome = b.run_request("b-1", prompt)
@@ -94,9 +96,7 @@ def test_a_partly_stored_prompt_loads_the_stored_prefix_and_computes_the_rest(
 
 def test_lookups_never_wait_on_the_scheduler_thread(agent: AgentProcess, engines: EngineFactory) -> None:
     a, b = engines("a"), engines("b")
-    a.seed_hashes()
-    a.wait_connected()
-    b.wait_connected()
+    start_engines(a, b)
     prompt = tokens(4, 16)
     a.run_request("a-1", prompt)
     outcome = b.run_request("b-1", prompt)
@@ -114,8 +114,7 @@ def test_lookups_never_wait_on_the_scheduler_thread(agent: AgentProcess, engines
 
 def test_reset_cache_drains_every_job_before_it_returns(agent: AgentProcess, engines: EngineFactory) -> None:
     a = engines("a")
-    a.seed_hashes()
-    a.wait_connected()
+    start_engines(a)
     a.run_request("a-1", tokens(6, 24))
     with a.lock():
         a.manager.reset_cache()
@@ -127,9 +126,7 @@ def test_an_agent_killed_mid_job_fails_each_job_once_loads_stay_correct_and_a_re
     agent: AgentProcess, engines: EngineFactory, cache: Cache, tmp_path: Path
 ) -> None:
     a, b = engines("a"), engines("b", release_grace_s=0.3)
-    a.seed_hashes()
-    a.wait_connected()
-    b.wait_connected()
+    start_engines(a, b)
     prompt = tokens(7, 48)
     a.run_request("a-1", prompt)
     agent.kill()
@@ -149,9 +146,7 @@ def test_a_load_cut_off_by_the_agent_s_death_keeps_its_slots_until_the_grace_has
     agent: AgentProcess, engines: EngineFactory
 ) -> None:
     a, b = engines("a"), engines("b", release_grace_s=0.5)
-    a.seed_hashes()
-    a.wait_connected()
-    b.wait_connected()
+    start_engines(a, b)
     prompt = tokens(8, 32)
     a.run_request("a-1", prompt)
     tier = b.tier
