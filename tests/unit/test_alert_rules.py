@@ -5,7 +5,6 @@ the plain rules file, the chart's copy and the rendered PrometheusRule."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from typing import Any
 
@@ -14,6 +13,7 @@ import yaml
 
 from tests.unit.chart_helpers import CHART, ROOT, find, render, run_helm
 from tests.unit.metric_names import known_series, metric_names
+from tieredkv_devcluster import paths
 
 pytestmark = pytest.mark.unit
 
@@ -33,10 +33,10 @@ REQUIRED = {
 
 
 def promtool() -> str:
-    binary = shutil.which("promtool")
+    binary = paths.tool_binary("promtool")
     if binary is None:
-        pytest.skip("promtool is not installed: run `make promtool` (Debian package prometheus)")
-    return binary
+        pytest.skip("promtool is not installed: run `make prometheus`")
+    return str(binary)
 
 
 def _rules() -> list[dict[str, Any]]:
