@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tieredkv-agent {__version__}")
     parser.add_argument("--config", type=Path, help="YAML or JSON settings file (TIEREDKV_CONFIG_FILE)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve until SIGTERM: metrics, GC leader election and GC passes")
+    sub.add_parser(
+        "run",
+        help="serve until SIGTERM: metrics, GC leader election and GC passes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_settings_epilog(),
+    )
     gc = sub.add_parser("gc", help="one GC pass over the store directory (what would be evicted, by default)")
     mode = gc.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", default=True, help="report only (the default)")
@@ -46,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("dir", type=Path, help="directory to put on the vLLM container's PYTHONPATH")
     return parser
+
+
+def _settings_epilog() -> str:
+    """The settings `run` reads, from the settings model itself (so the list cannot go stale)."""
+    from tieredkv_agent.config import AgentSettings
+
+    header = f"  {'variable':<43} {'default':<26} meaning"
+    return "\n".join(
+        [
+            "settings (environment variables; the same names in lower case, without TIEREDKV_, in --config):",
+            header,
+            *AgentSettings.help_lines(),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

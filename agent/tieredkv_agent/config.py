@@ -34,17 +34,25 @@ class FileSource(PydanticBaseSettingsSource):
 
 
 class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TIEREDKV_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="TIEREDKV_", extra="forbid", use_attribute_docstrings=True)
 
     # Identity (the downward API fills these in a pod).
     cache_name: str = "local"
+    """The TieredKVCache this agent serves (its name)."""
     cache_namespace: str = ""
+    """The cache's Kubernetes namespace."""
     node_name: str = ""
+    """The node this agent runs on (downward API)."""
     pod_name: str = ""
+    """This agent's pod (downward API); its identity in GC leader elections."""
     pod_ip: str = ""
+    """Address the metrics endpoint binds (empty: all addresses)."""
     mode: Literal["agent", "native"] = "native"
+    """agent: serve vLLM instances over the socket; native: vLLM writes the files itself."""
     vllm_version: str = ""
+    """The cache's vLLM line (selects file naming and the seeding rule)."""
     vllm_config_hash: str = ""
+    """Digest of the cache's rendered vLLM tiering config (logged, compared in Hellos)."""
     hash_algo: Literal["sha256", "sha256_cbor", "xxhash", "xxhash_cbor"] = "sha256"
     """vLLM --prefix-caching-hash-algo of this cache: with PYTHONHASHSEED it fixes the expected NONE_HASH."""
     on_profile_mismatch: Literal["reject", "warn"] = "reject"
@@ -54,22 +62,35 @@ class AgentSettings(BaseSettings):
     store_dir: Path = Path("/var/lib/tieredkv/store")
     """The cache's directory on the shared volume (the claim's subPath is already applied)."""
     socket_dir: Path = Path("/var/run/tieredkv/local")
+    """Directory of the node socket vLLM instances connect to (agent mode)."""
 
     # File-tier I/O.
     read_threads: int = Field(default=4, ge=1, le=1024)
+    """File-tier threads that serve loads (read priority)."""
     write_threads: int = Field(default=4, ge=1, le=1024)
+    """File-tier threads that serve stores (write priority)."""
     ram_tier_bytes: int = Field(default=0, ge=0)
+    """Bytes of the node RAM tier in front of the file tier (0: none)."""
     store_admission_threshold: int = Field(default=0, ge=0)
+    """Stores admitted to the file tier only after a block was offered this many times (0: all)."""
     store_admission_max_tracker_size: int = Field(default=64000, ge=1)
+    """Blocks the store-admission tracker remembers."""
 
     # Capacity management.
     max_bytes: int | None = Field(default=None, gt=0)
+    """Capacity GC keeps the store under (unset: the filesystem size)."""
     high_watermark: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of capacity at which GC starts evicting."""
     low_watermark: float = Field(default=0.8, ge=0, lt=1)
+    """Fraction of capacity GC evicts down to."""
     gc_grace_seconds: float = Field(default=120.0, ge=0)
+    """Blocks used within this many seconds are not evicted."""
     gc_temp_timeout_seconds: float = Field(default=600.0, ge=0)
+    """Temp files older than this are a dead writer's and are removed."""
     gc_scan_interval_seconds: float = Field(default=30.0, gt=0)
+    """Seconds between GC passes of the leader."""
     gc_scan_threads: int = Field(default=4, ge=1, le=64)
+    """Threads that scan the store in a GC pass."""
     gc_lease_name: str = ""
     """Lease used to elect the GC leader; empty (outside a cluster) uses a lock file on the volume."""
 
@@ -94,6 +115,17 @@ class AgentSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, FileSource(settings_cls)
+
+    @classmethod
+    def help_lines(cls) -> list[str]:
+        """One line per setting for `run --help`: its variable, its default and what it is."""
+        lines = []
+        for name, field in cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            shown = "unset" if default is None or default == "" else str(default)
+            about = (field.description or "").split("\n")[0]
+            lines.append(f"  TIEREDKV_{name.upper():<34} {shown:<26} {about}".rstrip())
+        return lines
 
     @property
     def identity(self) -> str:

@@ -90,7 +90,15 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
     manager = capacity_manager(settings, elector(settings))
     metrics.CAPACITY.manager = manager
     if settings.metrics_port:
-        metrics.serve(settings.pod_ip or "0.0.0.0", settings.metrics_port)
+        address = settings.pod_ip or "0.0.0.0"
+        try:
+            metrics.serve(address, settings.metrics_port)
+        except OSError as exc:
+            tier.shutdown()
+            raise StartupError(
+                f"cannot serve metrics on {address}:{settings.metrics_port}: {exc.strerror or exc} "
+                "(another agent on this host? set TIEREDKV_METRICS_PORT, or 0 to disable metrics)"
+            ) from exc
     manager.start()
     reporter = mismatch_reporter(settings) if settings.mode == "agent" else None
     server = socket_server(settings, tier, reporter) if settings.mode == "agent" else None

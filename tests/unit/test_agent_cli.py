@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,29 @@ def test_install_plugin_puts_the_plugin_its_line_table_and_its_entry_point_on_a_
     path, table_path, has_entry_point, torch_loaded = done.stdout.split()
     assert path.startswith(str(tmp_path / "plugin")) and table_path.startswith(str(tmp_path / "plugin"))
     assert has_entry_point == "True" and torch_loaded == "False"
+
+
+def test_run_help_lists_every_setting_with_its_variable_and_meaning() -> None:
+    done = agent("run", "--help")
+    assert done.returncode == 0
+    for name, field in AgentSettings.model_fields.items():
+        line = next((ln for ln in done.stdout.splitlines() if f"TIEREDKV_{name.upper()} " in ln), None)
+        assert line is not None, f"TIEREDKV_{name.upper()} missing from run --help"
+        assert field.description and field.description.split("\n")[0] in line
+
+
+def test_run_with_its_metrics_port_taken_exits_1_naming_the_port_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = agent(
+            "run",
+            TIEREDKV_STORE_DIR=str(tmp_path),
+            TIEREDKV_SOCKET_DIR=str(tmp_path / "sock"),
+            TIEREDKV_POD_IP="127.0.0.1",
+            TIEREDKV_METRICS_PORT=str(port),
+        )
+    assert done.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "TIEREDKV_METRICS_PORT" in done.stderr and "Traceback" not in done.stderr
