@@ -22,11 +22,14 @@ help:  ## this list
 	@grep -hE '^[a-z][a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## (.*)/  make \1|\2/' | \
 	  awk -F'|' '{ printf "  %-20s%s\n", substr($$1, 3), $$2 }'
 
+# torch for the agent's copy engine (the `torch` extra). On PyPI torch==2.13.0 is a multi-GB CUDA build; for a
+# CPU-only one: make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu (this CI's pip resolves a CPU wheel).
+TORCH_INDEX ?=
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0   # first: the local CPU wheel, never a CUDA build
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0  # first: see TORCH_INDEX
+	$(BIN)/pip install -q -e '.[dev,torch]'
 	touch $@
 
 venv: $(BIN)/.installed  ## the Python venv (.venv) with the project and its dev tools

@@ -181,8 +181,16 @@ def data_tier(settings: AgentSettings, files: FileTier) -> Tier:
     """
     if settings.ram_tier_bytes <= 0 or settings.mode != "agent":
         return files
-    from tieredkv_agent.tiers.layered import LayeredTier
-    from tieredkv_agent.tiers.ram import RamPool
+    try:
+        from tieredkv_agent.tiers.layered import LayeredTier
+        from tieredkv_agent.tiers.ram import RamPool
+    except ImportError as exc:
+        if exc.name != "torch":
+            raise
+        raise StartupError(
+            "ram_tier_bytes > 0 needs torch (the copy engine): pip install 'tieredkv[torch]', "
+            "or set TIEREDKV_RAM_TIER_BYTES=0 to serve from the file tier alone"
+        ) from exc
 
     pool = RamPool(settings.ram_tier_bytes)
     metrics.TIERS.ram = pool

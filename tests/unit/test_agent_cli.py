@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,48 @@ def test_run_with_its_metrics_port_taken_exits_1_naming_the_port_not_a_traceback
     assert done.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "TIEREDKV_METRICS_PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+def without_torch(tmp_path: Path) -> str:
+    """A PYTHONPATH entry whose sitecustomize makes `import torch` fail, as on a machine without it."""
+    site = tmp_path / "no-torch"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    return str(site)
+
+
+def test_torch_is_an_extra_not_a_dependency_of_the_distribution() -> None:
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert not [dep for dep in project["dependencies"] if dep.startswith("torch")]
+    assert project["optional-dependencies"]["torch"] == ["torch==2.13.0"]
+
+
+def test_the_operator_the_plugin_and_the_file_tier_agent_import_without_torch(tmp_path: Path) -> None:
+    probe = (
+        "import tieredkv_operator.cli, tieredkv_operator.handlers, tieredkv_agent.vllm.tier, "
+        "tieredkv_agent.service, tieredkv_agent.tiers.file; print('imported')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([without_torch(tmp_path), *sys.path])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported"
+
+
+def test_a_ram_tier_without_torch_ends_start_up_naming_the_extra(tmp_path: Path) -> None:
+    done = agent(
+        "run",
+        PYTHONPATH=without_torch(tmp_path),
+        TIEREDKV_MODE="agent",
+        TIEREDKV_STORE_DIR=str(tmp_path),
+        TIEREDKV_SOCKET_DIR=str(tmp_path / "sock"),
+        TIEREDKV_RAM_TIER_BYTES=str(1 << 20),
+        TIEREDKV_METRICS_PORT="0",
+    )
+    assert done.returncode == 1
+    assert "tieredkv[torch]" in done.stderr and "Traceback" not in done.stderr
