@@ -120,6 +120,7 @@ class PodRunner(threading.Thread):
         rec_file.parent.mkdir(parents=True, exist_ok=True)
         rec_file.write_text(json.dumps(record.to_json()))
         c.meta["record"] = record
+        c.meta.pop("probe", None)
         c.started_at, c.exit_code, c.ready = _now(), None, False
 
     def _poll(self, c: Container, restart_policy: str, is_init: bool) -> bool:
@@ -184,14 +185,23 @@ class PodRunner(threading.Thread):
             self.stopping.wait(0.25)
 
     def _probe(self, c: Container) -> bool:
-        """Evaluate the readiness probe (httpGet / tcpSocket; exec probes count as passing)."""
+        """Evaluate the readiness probe as the kubelet does (httpGet / tcpSocket; exec probes pass).
+
+        The first probe runs `initialDelaySeconds` after the start, then one every `periodSeconds` (default
+        10); `successThreshold` consecutive passes make the container ready, `failureThreshold` consecutive
+        failures (default 3) unready. Returns whether readiness changed. Called from the supervisor thread.
+        """
         if c.proc is None:
             return False
         probe = c.spec.get("readinessProbe")
-        ready = True
-        if probe:
-            started = c.meta.setdefault("probe_after", time.monotonic() + probe.get("initialDelaySeconds", 0))
-            ready = time.monotonic() >= started and _probe_ok(probe, c.spec, self.pod)
+        if not probe:
+            changed, c.ready = not c.ready, True
+            return changed
+        state = c.meta.setdefault("probe", ProbeState())
+        assert isinstance(state, ProbeState)
+        if not state.due(probe, time.monotonic()):
+            return False
+        ready = state.record(probe, _probe_ok(probe, c.spec, self.pod), was_ready=c.ready)
         changed, c.ready = ready != c.ready, ready
         return changed
 
@@ -209,6 +219,33 @@ class PodRunner(threading.Thread):
         self.stopping.set()
         self._kill_all(timeout=grace)
         self.stopped.wait(grace + 10)
+
+
+@dataclass
+class ProbeState:
+    """The kubelet's bookkeeping for one container's readiness probe (pure: no clock, no I/O)."""
+
+    next_at: float | None = None
+    passes: int = 0
+    fails: int = 0
+
+    def due(self, probe: Obj, now: float) -> bool:
+        """Whether a probe runs now; the first after `initialDelaySeconds`, then every `periodSeconds`."""
+        if self.next_at is None:
+            self.next_at = now + probe.get("initialDelaySeconds", 0)
+        if now < self.next_at:
+            return False
+        self.next_at = now + max(1, probe.get("periodSeconds", 10))
+        return True
+
+    def record(self, probe: Obj, ok: bool, *, was_ready: bool) -> bool:
+        """Count one probe result; the readiness it leaves (thresholds as the kubelet applies them)."""
+        self.passes, self.fails = (self.passes + 1, 0) if ok else (0, self.fails + 1)
+        if self.passes >= probe.get("successThreshold", 1):
+            return True
+        if self.fails >= probe.get("failureThreshold", 3):
+            return False
+        return was_ready
 
 
 def _probe_ok(probe: Obj, container: Obj, pod: Obj) -> bool:

@@ -78,7 +78,7 @@ def _container(
         "command": ["tieredkv-agent", "run"],
         "env": agent_env(cache, spec, max_bytes, config_hash),
         "ports": [{"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 2},
         "resources": spec.agent.resources,
         "volumeMounts": [store_mount, {"name": SOCKET_VOLUME, "mountPath": socket_dir}],
         "securityContext": {
