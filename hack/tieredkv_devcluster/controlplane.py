@@ -186,6 +186,8 @@ def _argv(cluster: Cluster, name: str, bindir: Path) -> list[str]:
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
+            # `kubectl logs`: the simulated nodes' kubelet API listens on their InternalIP (127.0.0.1).
+            "--kubelet-preferred-address-types=InternalIP",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
         ]

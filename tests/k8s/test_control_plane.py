@@ -145,7 +145,7 @@ def test_a_daemonset_gets_one_running_ready_pod_per_simulated_node(api: client.A
     assert all(p.status.phase == "Running" for p in pods)
 
 
-def test_a_pod_with_the_run_annotation_runs_its_command_and_stops_on_delete(
+def test_a_pod_with_the_run_annotation_runs_its_command_logs_and_stops_on_delete(
     kube: testing.TestCluster, core: client.CoreV1Api, ns: str
 ) -> None:
     assert kube.layout is not None, "needs the local simulator"
@@ -163,7 +163,8 @@ def test_a_pod_with_the_run_annotation_runs_its_command_and_stops_on_delete(
                     "command": [
                         "sh",
                         "-c",
-                        "echo $(GREETING) > /out/msg; echo $$$$ > /out/pid; exec sleep 600",
+                        "echo $(GREETING) > /out/msg; echo $$$$ > /out/pid; echo one; echo two; "
+                        "exec sleep 600",
                     ],
                     "env": [{"name": "GREETING", "value": "hello"}],
                     "volumeMounts": [{"name": "out", "mountPath": "/out"}],
@@ -179,6 +180,9 @@ def test_a_pod_with_the_run_annotation_runs_its_command_and_stops_on_delete(
     )
     assert (out_dir / "msg").read_text() == "hello\n"
     assert Path(f"/proc/{pid}").exists()
+    # kubectl logs: kube-apiserver calls the simulated node's kubelet API.
+    assert kube.kubectl("logs", "-n", ns, "runner") == "one\ntwo\n"
+    assert kube.kubectl("logs", "-n", ns, "runner", "--tail=1") == "two\n"
 
     core.delete_namespaced_pod("runner", ns)
     testing.wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "the process to stop")

@@ -13,7 +13,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tieredkv_devcluster.paths import StateLayout
+from tieredkv_devcluster.pki import issue_serving_cert
 from tieredkv_devcluster.sim import nodes, storage
+from tieredkv_devcluster.sim.kubelet import KubeletServer
 from tieredkv_devcluster.sim.pods import PodController
 
 log = logging.getLogger("sim")
@@ -32,10 +34,12 @@ def run(state_dir: Path, node_count: int) -> int:
 
     api = api_factory()
     core = client.CoreV1Api(api)
-    names = nodes.ensure_nodes(core, node_count)
-    storage.ensure_storage_class(client.StorageV1Api(api))
     port = int(json.loads(layout.state_file.read_text())["ports"]["apiserver"])
-    pods = PodController(api_factory, layout, names, port)
+    pods = PodController(api_factory, layout, nodes.node_names(node_count), port)
+    kubelet = KubeletServer(pods.log_path, *issue_serving_cert(layout.pki, "kubelet", ["127.0.0.1"]))
+    kubelet.start()
+    names = nodes.ensure_nodes(core, node_count, kubelet_port=kubelet.port)
+    storage.ensure_storage_class(client.StorageV1Api(api))
     threads = [
         threading.Thread(target=pods.watch_loop, args=(stop,), name="pod-watch", daemon=True),
         threading.Thread(target=pods.worker_loop, args=(stop,), name="pod-worker", daemon=True),
@@ -54,6 +58,7 @@ def run(state_dir: Path, node_count: int) -> int:
     stop.wait()
     log.info("stopping local pods")
     pods.stop_all()
+    kubelet.stop()
     return 0
 
 

@@ -19,7 +19,8 @@ def node_names(count: int) -> list[str]:
     return [f"{NODE_PREFIX}{i}" for i in range(1, count + 1)]
 
 
-def ensure_nodes(core: client.CoreV1Api, count: int) -> list[str]:
+def ensure_nodes(core: client.CoreV1Api, count: int, *, kubelet_port: int) -> list[str]:
+    """Register `count` Ready nodes; the API server reaches their kubelet API (logs) on `kubelet_port`."""
     names = node_names(count)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for name in names:
@@ -70,6 +71,7 @@ def ensure_nodes(core: client.CoreV1Api, count: int) -> list[str]:
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": name},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "kubeletVersion": "v1.20.2-sim",
                 "kubeProxyVersion": "v1.20.2-sim",

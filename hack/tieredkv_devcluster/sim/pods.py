@@ -209,6 +209,16 @@ class PodController:
                 self.runners.pop(uid)
                 threading.Thread(target=runner.stop, args=(5.0,), daemon=True).start()
 
+    def log_path(self, namespace: str, name: str, container: str) -> Path | None:
+        """The log file of a container of a pod running here (the kubelet server's request threads)."""
+        for runner in list(self.runners.values()):
+            meta = runner.pod["metadata"]
+            if (meta["namespace"], meta["name"]) == (namespace, name):
+                names = {c["name"] for c in runner.pod["spec"].get("containers", [])}
+                names |= {c["name"] for c in runner.pod["spec"].get("initContainers") or []}
+                return runner.dirs.pod_root / "logs" / f"{container}.log" if container in names else None
+        return None
+
     def stop_all(self) -> None:
         threads = [threading.Thread(target=r.stop, args=(10.0,)) for r in self.runners.values()]
         for t in threads:
