@@ -25,7 +25,7 @@ AGENT_LABELS = {"app.kubernetes.io/part-of": "chat", "tieredkv.io/tier": "shared
 NATIVE_LABELS = {"app.kubernetes.io/name": "llama3-8b"}
 SEED_CHAT = {
     "name": "PYTHONHASHSEED",
-    "valueFrom": {"secretKeyRef": {"name": "chat-cache-seed", "key": "seed"}},
+    "valueFrom": {"secretKeyRef": {"name": "tieredkv-chat-cache-seed", "key": "seed"}},
 }
 CONFIG_REF = {"configMapKeyRef": {"name": "tieredkv-chat-cache-vllm", "key": "kv-transfer-config.json"}}
 SHM_MOUNT = {"name": "tieredkv-shm", "mountPath": "/dev/shm"}
@@ -243,7 +243,10 @@ def test_a_pod_without_the_named_container_is_skipped_as_container_not_found() -
     [
         {"name": "PYTHONHASHSEED", "value": "0"},
         {"name": "PYTHONHASHSEED", "valueFrom": {"secretKeyRef": {"name": "other", "key": "seed"}}},
-        {"name": "PYTHONHASHSEED", "valueFrom": {"secretKeyRef": {"name": "chat-cache-seed", "key": "x"}}},
+        {
+            "name": "PYTHONHASHSEED",
+            "valueFrom": {"secretKeyRef": {"name": "tieredkv-chat-cache-seed", "key": "x"}},
+        },
     ],
 )
 def test_a_pod_with_its_own_seed_is_skipped_as_seed_conflict_and_its_spec_untouched(

@@ -146,7 +146,7 @@ def test_switching_the_existing_claim_is_denied(
 
 
 def test_the_storage_class_of_a_created_claim_cannot_change() -> None:
-    old = body()
+    old = changed(body(), "storage", storageClassName="nfs-rwx")
     errors = validate(changed(old, "storage", storageClassName="fast-rwx"), old)
     assert "was 'nfs-rwx', now 'fast-rwx'" in only_error(errors, "spec.storage.storageClassName")
 
