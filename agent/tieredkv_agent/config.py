@@ -15,6 +15,8 @@ import yaml
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tieredkv_common import agent_limits as lim
+
 
 class FileSource(PydanticBaseSettingsSource):
     """Settings from the YAML/JSON file named by TIEREDKV_CONFIG_FILE (keys are the field names)."""
@@ -56,16 +58,18 @@ class AgentSettings(BaseSettings):
     socket_dir: Path = Path("/var/run/tieredkv/local")
 
     # File-tier I/O.
-    read_threads: int = Field(default=4, ge=1, le=1024)
-    write_threads: int = Field(default=4, ge=1, le=1024)
-    ram_tier_bytes: int = Field(default=0, ge=0)
-    store_admission_threshold: int = Field(default=0, ge=0)
-    store_admission_max_tracker_size: int = Field(default=64000, ge=1)
+    read_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
+    write_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
+    ram_tier_bytes: int = Field(default=0, ge=lim.MIN_RAM_TIER_BYTES)
+    store_admission_threshold: int = Field(default=0, ge=lim.MIN_STORE_ADMISSION_THRESHOLD)
+    store_admission_max_tracker_size: int = Field(default=64000, ge=lim.MIN_TRACKER_SIZE)
 
     # Capacity management.
-    max_bytes: int | None = Field(default=None, gt=0)
-    high_watermark: float = Field(default=0.9, gt=0, le=1)
-    low_watermark: float = Field(default=0.8, ge=0, lt=1)
+    max_bytes: int | None = Field(default=None, gt=lim.MAX_BYTES_EXCLUSIVE_MIN)
+    high_watermark: float = Field(default=0.9, gt=lim.HIGH_WATERMARK_EXCLUSIVE_MIN, le=lim.HIGH_WATERMARK_MAX)
+    low_watermark: float = Field(
+        default=0.8, gt=lim.LOW_WATERMARK_EXCLUSIVE_MIN, lt=lim.LOW_WATERMARK_EXCLUSIVE_MAX
+    )
     gc_grace_seconds: float = Field(default=120.0, ge=0)
     gc_temp_timeout_seconds: float = Field(default=600.0, ge=0)
     gc_scan_interval_seconds: float = Field(default=30.0, gt=0)
