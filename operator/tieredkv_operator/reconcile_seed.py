@@ -36,9 +36,9 @@ def ensure_seed(
         if write and literal is not None:
             attempt("Secret", lambda: kube.apply(literal))
         return seed_mod.plan_user_seed(spec.hash_seed.value, "spec.hashSeed.value", status, cache.uid)
-    plan, exists = _plan_generated(kube, cache, spec, body, write=write)
+    plan, live = _plan_generated(kube, cache, spec, body, write=write)
     if write:
-        _carry_out(kube, cache, spec, plan, attempt, exists=exists)
+        _carry_out(kube, cache, spec, plan, attempt, live=live)
     else:
         plan.recorded, plan.events = {}, []
     return plan
@@ -46,7 +46,7 @@ def ensure_seed(
 
 def _plan_generated(
     kube: Kube, cache: CacheRef, spec: TieredKVCacheSpec, body: Obj, *, write: bool
-) -> tuple[seed_mod.SeedPlan, bool]:
+) -> tuple[seed_mod.SeedPlan, Obj | None]:
     status = body.get("status") or {}
     name, key = names.seed_secret(cache.name, spec)
     backup_name = names.seed_backup_name(cache.name)
@@ -64,7 +64,7 @@ def _plan_generated(
         request=asked if write and asked and asked != handled else None,
         salt=cache.uid,
     )
-    return seed_mod.plan_generated(state, _random_seed), secret is not None
+    return seed_mod.plan_generated(state, _random_seed), secret
 
 
 def _carry_out(
@@ -74,23 +74,24 @@ def _carry_out(
     plan: seed_mod.SeedPlan,
     attempt: Attempt,
     *,
-    exists: bool,
+    live: Obj | None,
 ) -> None:
-    name, key = names.seed_secret(cache.name, spec)
+    key = names.seed_secret(cache.name, spec)[1]
     if plan.create_secret is not None:
         fresh = storage.seed_secret(cache, spec, plan.create_secret)
         assert fresh is not None
         attempt("Secret", lambda: kube.create(fresh, field_manager=SEED_FIELD_MANAGER))
-    elif plan.replace_secret is not None:
-        live = kube.get("v1", "Secret", cache.namespace, name)
-        if live is not None:
-            live["data"] = {**(live.get("data") or {}), key: _b64(plan.replace_secret)}
-            attempt("Secret", lambda: kube.replace(live, field_manager=SEED_FIELD_MANAGER))
-    elif exists:  # keep its value, keep labels and ownerReferences current
+    elif plan.replace_secret is not None and live is not None:
+        replaced = {**live, "data": {**(live.get("data") or {}), key: _b64(plan.replace_secret)}}
+        attempt("Secret", lambda: kube.replace(replaced, field_manager=SEED_FIELD_MANAGER))
+    elif live is not None:  # keep its value, keep labels and ownerReferences current
         meta_only = storage.seed_secret(cache, spec, "")
         assert meta_only is not None
         meta_only.pop("stringData")
         meta_only.pop("type")
+        # The resourceVersion read: if the Secret was deleted meanwhile, this fails instead of creating
+        # an empty one (the next pass restores it from the backup).
+        meta_only["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
         attempt("Secret", lambda: kube.apply(meta_only))
     if plan.backup is not None:
         backup = storage.seed_backup(cache, spec, plan.backup)

@@ -95,6 +95,12 @@ def plan_generated(state: SeedState, fresh: Callable[[], str]) -> SeedPlan:
         return _regenerate(state, fresh(), source)
     if not state.secret_exists:
         return _missing(state, fresh, source)
+    if state.value is None and valid(state.backup_value):
+        message = (
+            f"Secret {state.secret} lost its key {names.SEED_KEY_DEFAULT!r}: restored from Secret "
+            f"{state.backup} with the same seed"
+        )
+        return SeedPlan(replace_secret=state.backup_value, problem=(c.SEED_KEY_MISSING, message))
     if not valid(state.value):
         return SeedPlan()  # the status names the problem (SeedKeyMissing, SeedInvalid)
     assert state.value is not None
