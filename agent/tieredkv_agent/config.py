@@ -15,6 +15,8 @@ import yaml
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tieredkv_common import agent_limits as lim
+
 
 class FileSource(PydanticBaseSettingsSource):
     """Settings from the YAML/JSON file named by TIEREDKV_CONFIG_FILE (keys are the field names)."""
@@ -65,23 +67,25 @@ class AgentSettings(BaseSettings):
     """Directory of the node socket vLLM instances connect to (agent mode)."""
 
     # File-tier I/O.
-    read_threads: int = Field(default=4, ge=1, le=1024)
+    read_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
     """File-tier threads that serve loads (read priority)."""
-    write_threads: int = Field(default=4, ge=1, le=1024)
+    write_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
     """File-tier threads that serve stores (write priority)."""
-    ram_tier_bytes: int = Field(default=0, ge=0)
+    ram_tier_bytes: int = Field(default=0, ge=lim.MIN_RAM_TIER_BYTES)
     """Bytes of the node RAM tier in front of the file tier (0: none)."""
-    store_admission_threshold: int = Field(default=0, ge=0)
+    store_admission_threshold: int = Field(default=0, ge=lim.MIN_STORE_ADMISSION_THRESHOLD)
     """Stores admitted to the file tier only after a block was offered this many times (0: all)."""
-    store_admission_max_tracker_size: int = Field(default=64000, ge=1)
+    store_admission_max_tracker_size: int = Field(default=64000, ge=lim.MIN_TRACKER_SIZE)
     """Blocks the store-admission tracker remembers."""
 
     # Capacity management.
-    max_bytes: int | None = Field(default=None, gt=0)
+    max_bytes: int | None = Field(default=None, gt=lim.MAX_BYTES_EXCLUSIVE_MIN)
     """Capacity GC keeps the store under (unset: the filesystem size)."""
-    high_watermark: float = Field(default=0.9, gt=0, le=1)
+    high_watermark: float = Field(default=0.9, gt=lim.HIGH_WATERMARK_EXCLUSIVE_MIN, le=lim.HIGH_WATERMARK_MAX)
     """Fraction of capacity at which GC starts evicting."""
-    low_watermark: float = Field(default=0.8, ge=0, lt=1)
+    low_watermark: float = Field(
+        default=0.8, gt=lim.LOW_WATERMARK_EXCLUSIVE_MIN, lt=lim.LOW_WATERMARK_EXCLUSIVE_MAX
+    )
     """Fraction of capacity GC evicts down to."""
     gc_grace_seconds: float = Field(default=120.0, ge=0)
     """Blocks used within this many seconds are not evicted."""

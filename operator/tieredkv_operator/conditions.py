@@ -47,6 +47,8 @@ CLAIM_BOUND: Final = "ClaimBound"
 CLAIM_PENDING: Final = "ClaimPending"
 CLAIM_NOT_FOUND: Final = "ClaimNotFound"
 CLAIM_LOST: Final = "ClaimLost"
+CLAIM_TERMINATING: Final = "ClaimTerminating"
+CLAIM_DELETED: Final = "ClaimDeleted"
 ACCESS_MODE_MISMATCH: Final = "AccessModeMismatch"
 
 # AgentsReady
@@ -62,6 +64,7 @@ SEED_KEY_MISSING: Final = "SeedKeyMissing"
 SEED_INVALID: Final = "SeedInvalid"
 SEED_MISMATCH: Final = "SeedMismatch"
 PROFILE_MISMATCH: Final = "ProfileMismatch"
+SEED_CHANGED: Final = "SeedChanged"
 
 REASONS: Final[tuple[str, ...]] = (
     RECONCILED,
@@ -74,6 +77,8 @@ REASONS: Final[tuple[str, ...]] = (
     CLAIM_PENDING,
     CLAIM_NOT_FOUND,
     CLAIM_LOST,
+    CLAIM_TERMINATING,
+    CLAIM_DELETED,
     ACCESS_MODE_MISMATCH,
     ALL_AGENTS_READY,
     AGENTS_PROGRESSING,
@@ -85,5 +90,6 @@ REASONS: Final[tuple[str, ...]] = (
     SEED_INVALID,
     SEED_MISMATCH,
     PROFILE_MISMATCH,
+    SEED_CHANGED,
 )
 """Every reason above, for tests and documentation."""

@@ -140,9 +140,20 @@ def _convert_map(node: Schema, out: Schema, defs: Schema, *, with_defaults: bool
         raise CrdSchemaError(f"{path}: a map must allow values, got additionalProperties={values!r}")
 
 
+def _keep_unknown_fields(node: Schema) -> None:
+    """Mark every object of the spec x-kubernetes-preserve-unknown-fields: the API server then hands an
+    unknown field (a typo) to the validating webhook, which refuses it by name, instead of dropping it."""
+    if "properties" in node:
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    for sub in (*node.get("properties", {}).values(), node.get("items"), node.get("additionalProperties")):
+        if isinstance(sub, dict):
+            _keep_unknown_fields(sub)
+
+
 def open_api_schema() -> Schema:
     """The whole object's schema: the standard envelope plus spec and status."""
     spec = structural_schema(TieredKVCacheSpec, with_defaults=True)
+    _keep_unknown_fields(spec)
     status = structural_schema(TieredKVCacheStatus, with_defaults=False)
     return {
         "description": "A shared, tiered KV cache for the vLLM pods it selects.",

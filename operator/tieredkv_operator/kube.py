@@ -15,13 +15,10 @@ from typing import Any, Final
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tieredkv_operator.resources.names import FIELD_MANAGER
+from tieredkv_operator.resources.names import FIELD_MANAGER, SEED_FIELD_MANAGER
 
 Obj = dict[str, Any]
-
-SEED_FIELD_MANAGER: Final = "tieredkv-operator-seed"
-"""Manager of a generated seed's value: it is created once and never re-applied, so later applies of the
-Secret's metadata under FIELD_MANAGER cannot remove the value."""
+__all__ = ["SEED_FIELD_MANAGER", "Kube", "KubeError", "shared"]
 
 _PATHS: Final[dict[tuple[str, str], tuple[str, str]]] = {
     ("v1", "PersistentVolumeClaim"): ("api/v1", "persistentvolumeclaims"),
@@ -129,6 +126,13 @@ class Kube:
             if err.status == 409:
                 return None
             raise
+
+    def replace(self, obj: Obj, *, dry_run: bool = False, field_manager: str = FIELD_MANAGER) -> Obj:
+        """PUT `obj` (carrying the resourceVersion it was read at: a concurrent change is a 409)."""
+        meta = obj["metadata"]
+        query = [("fieldManager", field_manager)] + ([("dryRun", "All")] if dry_run else [])
+        path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        return self._call("PUT", path, body=obj, query=query)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:

@@ -5,17 +5,16 @@ update, resume and the drift timer), never concurrently for the same cache (the 
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from tieredkv_operator import conditions as c
-from tieredkv_operator import metrics
+from tieredkv_operator import drift, metrics
 from tieredkv_operator import status as status_mod
-from tieredkv_operator.kube import SEED_FIELD_MANAGER, Kube, KubeError
+from tieredkv_operator.kube import Kube, KubeError
 from tieredkv_operator.quantity import parse_quantity
+from tieredkv_operator.reconcile_seed import ensure_seed
 from tieredkv_operator.resources import agents, names, rbac, storage, validation, vllm_configmap
 from tieredkv_operator.resources.names import CacheRef
 from tieredkv_operator.settings import OperatorSettings
@@ -42,42 +41,53 @@ def parse_spec(body: Obj) -> tuple[TieredKVCacheSpec | None, str | None, str]:
     return None, "; ".join(errors), c.UNSUPPORTED_VLLM_VERSION if unsupported else c.INVALID_SPEC
 
 
-def _apply_all(
-    kube: Kube,
-    cache: CacheRef,
-    spec: TieredKVCacheSpec,
-    *,
-    settings: OperatorSettings,
-    observed: status_mod.Observed,
-    note: Callable[[str, KubeError], None],
-) -> None:
-    """Apply every child; a failure is noted and the others still go ahead."""
+RECORDED_FIELDS = ("seedFingerprint", "seedSource", "claimUid", "storeProfile", "handledRequests")
+DRIFT_REPAIRED = "DriftRepaired"
+CLAIM_RECREATED = "ClaimRecreated"
+BLOCKS_ORPHANED = "BlocksOrphaned"
 
-    def attempt(what: str, action: Callable[[], Obj | None]) -> Obj | None:
+
+@dataclass
+class Pass:
+    """One reconcile pass over one cache: what it read, what it records, what it reports."""
+
+    kube: Kube
+    cache: CacheRef
+    spec: TieredKVCacheSpec
+    body: Obj
+    observed: status_mod.Observed
+    errors: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def attempt(self, what: str, action: Callable[[], Obj | None]) -> Obj | None:
+        """Run one API write; a failure is noted and the others still go ahead."""
         try:
             return action()
         except KubeError as err:
-            note(what, err)
+            self.errors.append(f"{what}: {err}")
             return None
 
-    _ensure_seed(kube, cache, spec, attempt)
-    if (claim := storage.claim(cache, spec)) is not None:
-        attempt("PersistentVolumeClaim", lambda: kube.apply(claim))
-    observed.pvc = attempt(
-        "PersistentVolumeClaim",
-        lambda: kube.get("v1", "PersistentVolumeClaim", cache.namespace, names.pvc_name(cache.name, spec)),
-    )
+    def annotation_request(self, annotation: str) -> str | None:
+        """The annotation's value if it is set and was not acted on yet."""
+        asked = ((self.body.get("metadata") or {}).get("annotations") or {}).get(annotation)
+        handled = (self.observed.recorded.get("handledRequests") or {}).get(annotation)
+        return asked if asked and asked != handled else None
+
+    def handled(self, annotation: str, value: str) -> None:
+        requests = dict(self.observed.recorded.get("handledRequests") or {})
+        self.observed.recorded["handledRequests"] = {**requests, annotation: value}
+
+
+def _apply_all(run: Pass, settings: OperatorSettings) -> None:
+    """Apply every child (a failure is noted and the others still go ahead), repairing drift."""
+    cache, spec, observed = run.cache, run.spec, run.observed
+    _claim(run)
     config_map = vllm_configmap.config_map(cache, spec)
-    attempt("ConfigMap", lambda: kube.apply(config_map))
+    _apply(run, config_map)
     observed.config_hash = config_map["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
-    children: list[Obj] = [
-        rbac.service_account(cache),
-        rbac.role(cache),
-        rbac.role_binding(cache),
-        agents.metrics_service(cache),
-    ]
-    for child in children:
-        attempt(child["kind"], partial(kube.apply, child))
+    for child in (rbac.service_account(cache), rbac.role(cache), rbac.role_binding(cache)):
+        _apply(run, child)
+    _apply(run, agents.metrics_service(cache))
     capacity = ((observed.pvc or {}).get("status") or {}).get("capacity", {}).get("storage")
     max_bytes = spec.effective_max_bytes(parse_quantity(capacity) if capacity else None)
     template = agents.pod_template(
@@ -88,25 +98,74 @@ def _apply_all(
         config_hash=observed.config_hash,
         pod_annotations=settings.agent_pod_annotations,
     )
-    observed.daemon_set = attempt("DaemonSet", lambda: kube.apply(agents.daemon_set(cache, spec, template)))
+    observed.daemon_set = _apply(run, agents.daemon_set(cache, spec, template))
 
 
-def _ensure_seed(kube: Kube, cache: CacheRef, spec: TieredKVCacheSpec, attempt: Any) -> None:
-    """A literal seed is applied; a generated one is created once and never replaced."""
-    if spec.hash_seed.secret_ref is not None:
-        return
-    if spec.hash_seed.value is not None:
-        literal = storage.seed_secret(cache, spec, spec.hash_seed.value)
-        if literal is not None:
-            attempt("Secret", partial(kube.apply, literal))
-        return
-    fresh = storage.seed_secret(cache, spec, str(secrets.randbelow(2**32)))
-    if fresh is None:
-        return
-    if attempt("Secret", lambda: kube.create(fresh, field_manager=SEED_FIELD_MANAGER)) is None:
-        # It existed already: keep its value, keep labels and ownerReferences current.
-        meta_only = {k: v for k, v in fresh.items() if k not in ("stringData", "type")}
-        attempt("Secret", lambda: kube.apply(meta_only))
+def _apply(run: Pass, desired: Obj) -> Obj | None:
+    """Server-side apply `desired`, then remove what other managers added to the parts we own."""
+    kind, name = desired["kind"], desired["metadata"]["name"]
+    live = run.attempt(kind, lambda: run.kube.apply(desired))
+    if live is None or not (managers := drift.foreign_managers(live)):
+        return live
+    candidate = drift.repaired(live, desired)
+    preview = run.attempt(kind, lambda: run.kube.replace(candidate, dry_run=True))
+    changed = drift.differs(live, preview) if preview is not None else []
+    if not changed:
+        return live
+    result = run.attempt(kind, lambda: run.kube.replace(candidate))
+    if result is not None:
+        run.events.append(
+            (
+                "Warning",
+                DRIFT_REPAIRED,
+                f"{kind} {name}: {', '.join(changed)} restored to the desired state, removing what "
+                f"{', '.join(managers)} changed",
+            )
+        )
+    return result or live
+
+
+def _claim(run: Pass) -> None:
+    """Apply the claim, unless the one this cache had is gone: then only a recreate-claim request makes
+    a new, empty one."""
+    kube, cache, spec, observed = run.kube, run.cache, run.spec, run.observed
+    name = names.pvc_name(cache.name, spec)
+    live = run.attempt(
+        "PersistentVolumeClaim", lambda: kube.get("v1", "PersistentVolumeClaim", cache.namespace, name)
+    )
+    built = storage.claim(cache, spec)
+    recorded_uid = observed.recorded.get("claimUid")
+    request = run.annotation_request(names.ANNOTATION_RECREATE_CLAIM)
+    if request is not None:
+        run.handled(names.ANNOTATION_RECREATE_CLAIM, request)
+    terminating = live is not None and live["metadata"].get("deletionTimestamp")
+    if live is None and recorded_uid and built is not None:
+        if request is None:
+            observed.claim_deleted = True
+            return
+        run.events.append(
+            ("Normal", CLAIM_RECREATED, f"a new, empty claim {name} is created as asked by {request!r}")
+        )
+    if built is not None and not terminating:
+        live = run.attempt("PersistentVolumeClaim", lambda: kube.apply(built)) or live
+    observed.pvc = live
+    if live is not None:
+        observed.recorded["claimUid"] = live["metadata"].get("uid")
+
+
+def _store_profile(run: Pass) -> None:
+    """Record what names the stored blocks; a change (admitted with allow-orphaning) gets an Event."""
+    spec = run.spec
+    profile = (
+        f"subPath={spec.storage.sub_path or '/'} hashAlgo={spec.vllm.hash_algo.value} "
+        f"vllm={spec.vllm.version}"
+    )
+    before = run.observed.recorded.get("storeProfile")
+    if before is not None and before != profile:
+        run.events.append(
+            ("Warning", BLOCKS_ORPHANED, f"the blocks stored so far are orphaned: {before} -> {profile}")
+        )
+    run.observed.recorded["storeProfile"] = profile
 
 
 def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, apply: bool = True) -> Outcome:
@@ -124,39 +183,51 @@ def reconcile(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, ap
 def _converge(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, apply: bool) -> Outcome:
     meta = body["metadata"]
     cache = CacheRef(meta["name"], meta["namespace"], meta["uid"], int(meta.get("generation") or 0))
-    previous: list[Obj] = (body.get("status") or {}).get("conditions") or []
+    status: Obj = body.get("status") or {}
+    previous: list[Obj] = status.get("conditions") or []
     spec, error, reason = parse_spec(body)
     observed = status_mod.Observed(
         generation=cache.generation,
         spec=spec,
         spec_error=error,
         spec_error_reason=reason,
-        profile_mismatches=dict((body.get("status") or {}).get("profileMismatches") or {}),
+        profile_mismatches=dict(status.get("profileMismatches") or {}),
+        recorded={k: status[k] for k in RECORDED_FIELDS if status.get(k) is not None},
     )
-    errors: list[str] = []
-
-    def note(what: str, err: KubeError) -> None:
-        errors.append(f"{what}: {err}")
-
+    events: list[Event] = []
     if spec is not None:
+        run = Pass(kube, cache, spec, body, observed)
+        _seed_step(run, write=apply)
         if apply:
-            _apply_all(kube, cache, spec, settings=settings, observed=observed, note=note)
+            _store_profile(run)
+            _apply_all(run, settings)
         try:
-            _observe(kube, cache, spec, observed, children=not apply)
+            _observe(run, children=not apply)
         except KubeError as err:
-            note("observe", err)
-        observed.apply_error = "; ".join(errors) or None
+            run.errors.append(f"observe: {err}")
+        observed.apply_error = "; ".join(run.errors) or None
+        events = run.events
     new = status_mod.compute_status(cache.name, observed, previous, now)
-    return Outcome(status=new, events=status_mod.transition_events(previous, new["conditions"]))
+    return Outcome(status=new, events=events + status_mod.transition_events(previous, new["conditions"]))
 
 
-def _observe(
-    kube: Kube, cache: CacheRef, spec: TieredKVCacheSpec, observed: status_mod.Observed, *, children: bool
-) -> None:
+def _seed_step(run: Pass, *, write: bool) -> None:
+    plan = ensure_seed(run.kube, run.cache, run.spec, run.body, write=write, attempt=run.attempt)
+    run.observed.seed_problem = plan.problem
+    requests = plan.recorded.pop("handledRequests", {})
+    run.observed.recorded.update(plan.recorded)
+    for annotation, value in requests.items():
+        run.handled(annotation, value)
+    run.events += plan.events
+
+
+def _observe(run: Pass, *, children: bool) -> None:
     """Read what the status depends on; `children` also reads what _apply_all would have returned."""
+    kube, cache, spec, observed = run.kube, run.cache, run.spec, run.observed
     ns = cache.namespace
     if children:
         observed.pvc = kube.get("v1", "PersistentVolumeClaim", ns, names.pvc_name(cache.name, spec))
+        observed.claim_deleted = observed.pvc is None and bool(observed.recorded.get("claimUid"))
         observed.daemon_set = kube.get("apps/v1", "DaemonSet", ns, names.agent_name(cache.name))
         observed.config_hash = vllm_configmap.rendered(cache, spec)[1]
     observed.seed_secret = kube.get("v1", "Secret", ns, names.seed_secret(cache.name, spec)[0])

@@ -8,8 +8,10 @@ CRD carries only what a Kubernetes 1.20 API server can check (types, enums, rang
 from enum import StrEnum
 from typing import Final, Literal, Self
 
-from pydantic import Field, JsonValue, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, JsonValue, NonNegativeInt, field_validator, model_validator
 
+from tieredkv_common import agent_limits as lim
+from tieredkv_operator import api_rules
 from tieredkv_operator.model_base import ByteCount, CamelModel, DnsSubdomain, Quantity, SecretKey
 from tieredkv_operator.quantity import parse_quantity
 from tieredkv_operator.spec_vllm import VllmMode, VllmSpec
@@ -39,7 +41,7 @@ class StorageSpec(CamelModel):
 
     size: Quantity | None = None
     """Requested size of the claim the operator creates, e.g. 500Gi. Required unless existingClaim is set."""
-    storage_class_name: str | None = Field(default=None, min_length=1)
+    storage_class_name: DnsSubdomain | None = None
     """StorageClass of the created claim; unset uses the cluster default. Must support ReadWriteMany."""
     access_modes: list[AccessMode] = Field(default=[AccessMode.READ_WRITE_MANY], min_length=1)
     """Access modes of the created claim. ReadWriteOnce only works when every vLLM pod is on one node."""
@@ -47,14 +49,26 @@ class StorageSpec(CamelModel):
     """Adopt this PersistentVolumeClaim (same namespace) instead of creating one."""
     retain_on_delete: bool = True
     """Keep the claim (and the generated seed Secret) when the TieredKVCache is deleted."""
-    sub_path: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^[^/]")
+    sub_path: str | None = Field(
+        default=None, min_length=1, max_length=lim.MAX_SUB_PATH_BYTES, pattern=r"^[^/\x00-\x1f\x7f]"
+    )
     """Directory inside the volume that holds this cache's files, relative to it. Unset: the volume root."""
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, value: str | None) -> str | None:
+        if value is not None and parse_quantity(value) <= 0:
+            raise ValueError(f"storage.size must be greater than zero, got {value!r}")
+        return value
 
     @field_validator("sub_path")
     @classmethod
     def _relative_clean_path(cls, value: str | None) -> str | None:
-        if value is not None and any(part in {"", ".", ".."} for part in value.split("/")):
+        if value is None:
+            return value
+        if any(part in {"", ".", ".."} for part in value.split("/")):
             raise ValueError(f"subPath {value!r} must be a relative path without empty, '.' or '..' segments")
+        _check_path_text("subPath", value, max_bytes=lim.MAX_SUB_PATH_BYTES)
         return value
 
     @model_validator(mode="after")
@@ -70,6 +84,25 @@ class StorageSpec(CamelModel):
     def size_bytes(self) -> int | None:
         """The requested size in bytes; None for an adopted claim (its capacity is known only at runtime)."""
         return None if self.size is None else parse_quantity(self.size)
+
+
+def _check_path_text(field: str, value: str, *, max_bytes: int) -> None:
+    """A path the agent creates on a node or a volume: printable, short segments, a bounded length."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError(f"{field} {value!r} contains a control character (NUL, newline, ...)")
+    if len(value.encode()) > max_bytes:
+        raise ValueError(f"{field} is {len(value.encode())} bytes long, at most {max_bytes} are allowed")
+    for part in value.split("/"):
+        if len(part.encode()) > lim.MAX_PATH_SEGMENT_BYTES:
+            raise ValueError(
+                f"{field} has a segment of {len(part.encode())} bytes; a file name is at most "
+                f"{lim.MAX_PATH_SEGMENT_BYTES} bytes (ENAMETOOLONG)"
+            )
+
+
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class SecretKeyRef(CamelModel):
@@ -112,14 +145,14 @@ class StoreAdmission(CamelModel):
 
     threshold: NonNegativeInt = 0
     """Requests of a block on this node before it is stored; 0 stores every block."""
-    max_tracker_size: PositiveInt = 64000
+    max_tracker_size: int = Field(default=64000, ge=lim.MIN_TRACKER_SIZE)
     """Blocks whose request counts the agent tracks (least recently seen are forgotten first)."""
 
 
 class AgentSpec(CamelModel):
     """The per-node agent DaemonSet: GC, integrity sweeps, metrics, and the data path in agent mode."""
 
-    image: str | None = Field(default=None, min_length=1)
+    image: str | None = Field(default=None, min_length=1, pattern=r"^\S+$")
     """Agent image; unset uses the image matching the operator's version."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """Nodes the agents run on: every node that may run a matching vLLM pod."""
@@ -127,13 +160,15 @@ class AgentSpec(CamelModel):
     """Pod tolerations (core/v1 Toleration objects), e.g. for tainted GPU nodes."""
     resources: dict[str, JsonValue] = Field(default_factory=dict)
     """Container resources (core/v1 ResourceRequirements) of the agent."""
-    read_threads: int = Field(default=4, ge=1, le=1024)
+    read_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
     """I/O threads that serve loads from the shared volume."""
-    write_threads: int = Field(default=4, ge=1, le=1024)
+    write_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
     """I/O threads that store blocks to the shared volume."""
     ram_tier_bytes: ByteCount = 0
     """Node RAM the agent keeps recently used blocks in (agent mode only); 0 disables the RAM tier."""
-    socket_dir: str = Field(default="/var/run/tieredkv", pattern=r"^/.*$", max_length=512)
+    socket_dir: str = Field(
+        default="/var/run/tieredkv", pattern=r"^/.*$", max_length=lim.MAX_SOCKET_PATH_BYTES
+    )
     """Host directory for the agent sockets; each cache uses <socketDir>/<namespace>.<name>/agent.sock."""
     store_admission: StoreAdmission = StoreAdmission()
     """Admission filter for stores to the shared volume (agent mode only)."""
@@ -142,16 +177,65 @@ class AgentSpec(CamelModel):
     its Hello (the instance then runs without the shared tier) or `warn` and serve it. Either way the agent
     records it in status.profileMismatches and SeedConsistent turns False (agent mode only)."""
 
+    @field_validator("node_selector")
+    @classmethod
+    def _valid_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        _raise_problems(api_rules.labels(value))
+        return value
+
+    @field_validator("tolerations")
+    @classmethod
+    def _valid_tolerations(cls, value: list[dict[str, JsonValue]]) -> list[dict[str, JsonValue]]:
+        for i, item in enumerate(value):
+            _raise_problems([f"[{i}]: {p}" for p in api_rules.toleration(item)])
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _valid_resources(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        _raise_problems(api_rules.resource_requirements(value))
+        return value
+
+    @field_validator("socket_dir")
+    @classmethod
+    def _safe_socket_dir(cls, value: str) -> str:
+        _check_path_text("agent.socketDir", value, max_bytes=lim.MAX_SOCKET_PATH_BYTES)
+        parts = value.split("/")[1:]
+        if value == "/" or any(part in {"", ".", ".."} for part in parts):
+            raise ValueError(
+                f"agent.socketDir {value!r} must be an absolute path below / without empty, '.' or '..' "
+                "segments"
+            )
+        for forbidden in lim.FORBIDDEN_HOST_DIRS:
+            if value == forbidden or value.startswith(forbidden + "/"):
+                raise ValueError(
+                    f"agent.socketDir {value!r} is under {forbidden}, a host system directory; use e.g. "
+                    "/var/run/tieredkv"
+                )
+        return value
+
 
 class CapacitySpec(CamelModel):
     """How much of the volume the cache may use; the agents' GC leader keeps usage between the watermarks."""
 
     max_bytes: ByteCount | None = None
     """Bytes the cache may use. Unset: 90% of the volume (storage.size, or the adopted claim's capacity)."""
-    high_watermark: float = Field(default=0.9, gt=0, le=1)
+    high_watermark: float = Field(default=0.9, gt=lim.HIGH_WATERMARK_EXCLUSIVE_MIN, le=lim.HIGH_WATERMARK_MAX)
     """Fraction of maxBytes at which GC starts deleting least recently used blocks."""
-    low_watermark: float = Field(default=0.8, ge=0, lt=1)
+    low_watermark: float = Field(
+        default=0.8, gt=lim.LOW_WATERMARK_EXCLUSIVE_MIN, lt=lim.LOW_WATERMARK_EXCLUSIVE_MAX
+    )
     """Fraction of maxBytes GC deletes down to. Must be below highWatermark."""
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _positive_max_bytes(cls, value: int | None) -> int | None:
+        if value is not None and value <= lim.MAX_BYTES_EXCLUSIVE_MIN:
+            raise ValueError(
+                f"capacity.maxBytes must be greater than {lim.MAX_BYTES_EXCLUSIVE_MIN} (the agent "
+                "refuses an empty capacity), or left unset for 90% of the volume"
+            )
+        return value
 
     @model_validator(mode="after")
     def _low_below_high(self) -> Self:

@@ -6,6 +6,7 @@ from typing import Final, Self
 from pydantic import Field, JsonValue, PositiveInt, field_validator, model_validator
 
 from tieredkv_common.vllm_lines import cpu_worker_lines
+from tieredkv_operator import api_rules
 from tieredkv_operator.model_base import ByteCount, CamelModel, DnsLabel
 from tieredkv_operator.vllm_lines import LINE_PATTERN, vllm_line
 
@@ -62,6 +63,15 @@ class LabelSelectorRequirement(CamelModel):
     """Label values: non-empty for In and NotIn, empty for Exists and DoesNotExist."""
 
     @model_validator(mode="after")
+    def _valid_key_and_values(self) -> Self:
+        problems = api_rules.qualified_name(self.key)
+        for value in self.values:
+            problems += api_rules.label_value(value)
+        if problems:
+            raise ValueError(f"selector expression on {self.key!r}: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _values_match_operator(self) -> Self:
         needs_values = self.operator in {SelectorOperator.IN, SelectorOperator.NOT_IN}
         if needs_values and not self.values:
@@ -78,6 +88,14 @@ class LabelSelector(CamelModel):
     """Labels a pod must carry, all of them."""
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
     """Further requirements, all of which must hold."""
+
+    @field_validator("match_labels")
+    @classmethod
+    def _valid_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = api_rules.labels(value)
+        if problems:
+            raise ValueError("vllm.selector.matchLabels: " + "; ".join(problems))
+        return value
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:

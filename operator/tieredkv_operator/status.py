@@ -23,6 +23,9 @@ Obj = dict[str, Any]
 _LISTED_PODS = 5
 MISMATCH_WINDOW_S = 900.0
 """How long an agent's report of a mismatched Hello keeps SeedConsistent False (15 minutes)."""
+PROGRESS_GRACE_S = 20.0
+"""How long a claim may be pending, or agents rolling out, before the condition turns False (a Warning)."""
+PROGRESS_REASONS = (c.CLAIM_PENDING, c.AGENTS_PROGRESSING)
 
 
 @dataclass
@@ -41,6 +44,13 @@ class Observed:
     apply_error: str | None = None
     profile_mismatches: dict[str, Obj] = field(default_factory=dict)
     """status.profileMismatches as the agents wrote it: node -> the last refused or warned Hello."""
+    seed_problem: tuple[str, str] | None = None
+    """(reason, message) the seed step found (a deleted, lost or hand-edited seed); overrides the rest."""
+    claim_deleted: bool = False
+    """The claim this cache had is gone, and no new one was asked for (tieredkv.io/recreate-claim)."""
+    recorded: Obj = field(default_factory=dict)
+    """Status fields the reconcile keeps across passes: seedFingerprint, seedSource, claimUid,
+    storeProfile, handledRequests."""
 
 
 def _cond(kind: ConditionType, ok: bool | None, reason: str, message: str) -> Obj:
@@ -50,10 +60,13 @@ def _cond(kind: ConditionType, ok: bool | None, reason: str, message: str) -> Ob
 
 def _storage(o: Observed, spec: TieredKVCacheSpec, name: str) -> Obj:
     kind = ConditionType.STORAGE_READY
+    gone = _claim_gone(o, name)
+    if gone is not None:
+        return gone
     if o.pvc is None:
-        if spec.storage.existing_claim:
-            return _cond(kind, False, c.CLAIM_NOT_FOUND, f"existingClaim {name} does not exist")
-        return _cond(kind, False, c.CLAIM_PENDING, f"claim {name} is being created")
+        missing = (c.CLAIM_NOT_FOUND, "does not exist") if spec.storage.existing_claim else None
+        reason, what = missing or (c.CLAIM_PENDING, "is being created")
+        return _cond(kind, False, reason, f"{'existingClaim' if missing else 'claim'} {name} {what}")
     phase = (o.pvc.get("status") or {}).get("phase", "Pending")
     if phase == "Lost":
         return _cond(kind, False, c.CLAIM_LOST, f"claim {name} lost its volume")
@@ -76,6 +89,24 @@ def _storage(o: Observed, spec: TieredKVCacheSpec, name: str) -> Obj:
     return _cond(kind, True, c.CLAIM_BOUND, f"claim {name} is Bound ({capacity})")
 
 
+def _claim_gone(o: Observed, name: str) -> Obj | None:
+    """StorageReady for a claim being deleted, or deleted (and not to be replaced silently); else None."""
+    kind = ConditionType.STORAGE_READY
+    if o.pvc is not None and o.pvc.get("metadata", {}).get("deletionTimestamp"):
+        return _cond(
+            kind, False, c.CLAIM_TERMINATING, f"claim {name} is being deleted: the cached blocks go with it"
+        )
+    if o.pvc is None and o.claim_deleted:
+        return _cond(
+            kind,
+            False,
+            c.CLAIM_DELETED,
+            f"claim {name} was deleted; no new, empty claim is created behind your back: set annotation "
+            f"{names.ANNOTATION_RECREATE_CLAIM} to a new value to create one",
+        )
+    return None
+
+
 def _agents(o: Observed) -> tuple[Obj, int, int]:
     kind = ConditionType.AGENTS_READY
     if o.daemon_set is None:
@@ -84,6 +115,8 @@ def _agents(o: Observed) -> tuple[Obj, int, int]:
     desired, ready = int(st.get("desiredNumberScheduled") or 0), int(st.get("numberReady") or 0)
     updated = int(st.get("updatedNumberScheduled") or 0)
     ds_gen, seen = o.daemon_set["metadata"].get("generation"), st.get("observedGeneration")
+    if ds_gen != seen:
+        return _cond(kind, None, c.AGENTS_PROGRESSING, "the DaemonSet controller has not seen it yet"), 0, 0
     if desired == 0:
         cond = _cond(kind, False, c.NO_MATCHING_NODES, "no node matches agent.nodeSelector/tolerations")
     elif ready == desired and updated == desired and ds_gen == seen:
@@ -179,14 +212,18 @@ def compute_status(cache: str, o: Observed, previous: Sequence[Obj], now: str) -
         _cond(ConditionType.CONFIG_VALID, True, c.CONFIG_ACCEPTED, "spec accepted"),
         _storage(o, spec, pvc),
         agents,
-        _seed(o, spec, cache, now),
+        _cond(ConditionType.SEED_CONSISTENT, False, *o.seed_problem)
+        if o.seed_problem
+        else _seed(o, spec, cache, now),
     ]
+    _hold_progress(conds, previous, now)
     failing = [x["type"] for x in conds if x["status"] != "True"]
     if o.apply_error:
         ready_cond = _cond(ConditionType.READY, False, c.RECONCILE_ERROR, o.apply_error)
     elif failing:
+        settled = None if all(x["status"] == "Unknown" for x in conds if x["type"] in failing) else False
         ready_cond = _cond(
-            ConditionType.READY, False, c.COMPONENTS_NOT_READY, "not ready: " + ", ".join(failing)
+            ConditionType.READY, settled, c.COMPONENTS_NOT_READY, "not ready: " + ", ".join(failing)
         )
     else:
         ready_cond = _cond(ConditionType.READY, True, c.RECONCILED, "the cache is ready")
@@ -199,8 +236,26 @@ def compute_status(cache: str, o: Observed, previous: Sequence[Obj], now: str) -
         "agents": {"desired": desired, "ready": ready},
         "injectedPods": _injected(o, cache),
         "configHash": o.config_hash,
+        **o.recorded,
     }
     return _finish(status, o, previous, now)
+
+
+def _hold_progress(conds: list[Obj], previous: Sequence[Obj], now: str) -> None:
+    """A claim being bound or agents rolling out is progress, not a fault: Unknown (no Warning) for
+    PROGRESS_GRACE_S after it started, False only if it lasts longer."""
+    before = {x.get("type"): x for x in previous}
+    current = _parse_time(now)
+    for cond in conds:
+        if cond["status"] != "False" or cond["reason"] not in PROGRESS_REASONS:
+            continue
+        old = before.get(cond["type"]) or {}
+        if old.get("reason") == cond["reason"] and old.get("status") == "False":
+            continue
+        held = old.get("reason") == cond["reason"] and old.get("status") == "Unknown"
+        since = _parse_time(str(old.get("lastTransitionTime", ""))) if held else current
+        if current is not None and since is not None and (current - since).total_seconds() < PROGRESS_GRACE_S:
+            cond["status"] = "Unknown"
 
 
 def _phase(conds: list[Obj], o: Observed) -> Phase:

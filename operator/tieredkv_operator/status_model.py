@@ -74,3 +74,13 @@ class TieredKVCacheStatus(LenientCamelModel):
     profile_mismatches: dict[str, ProfileMismatchReport] = Field(default_factory=dict)
     """By node name, written by that node's agent: the last Hello whose NONE_HASH fingerprint differed.
     A report from the last 15 minutes turns SeedConsistent False (reason ProfileMismatch)."""
+    seed_fingerprint: str | None = None
+    """A salted, stretched hash of the seed in use (never the seed): a seed changed by hand is noticed."""
+    seed_source: str | None = None
+    """Where the seed comes from: `Secret <name>/<key>` or `spec.hashSeed.value`."""
+    claim_uid: str | None = None
+    """UID of the claim the cache uses: once it is gone, no new claim is created unless asked for."""
+    store_profile: str | None = None
+    """What names the stored blocks (subPath, hashAlgo, vLLM line); a change orphans them and is recorded."""
+    handled_requests: dict[str, str] = Field(default_factory=dict)
+    """Annotation -> the value the operator last acted on (tieredkv.io/regenerate-seed, recreate-claim)."""

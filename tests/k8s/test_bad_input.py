@@ -32,6 +32,47 @@ REJECTED: list[tuple[str, dict[str, Any], str]] = [
     ("seed given twice", {"hashSeed": {"value": "1", "secretRef": {"name": "s"}}}, "hashSeed"),
     ("negative thread count", {"agent": {"readThreads": -1}}, "readThreads"),
     ("RAM tier in native mode", {"agent": {"ramTierBytes": "1Gi"}}, "ramTierBytes"),
+    # What the agent refuses at start-up (a crash-looping DaemonSet before): its limits are shared.
+    ("lowWatermark zero", {"capacity": {"lowWatermark": 0}}, "lowWatermark"),
+    ("maxBytes zero", {"capacity": {"maxBytes": 0}}, "maxBytes"),
+    ("socketDir /proc", {"agent": {"socketDir": "/proc"}}, "socketDir"),
+    ("socketDir with a NUL byte", {"agent": {"socketDir": "/var/run/a\x00b"}}, "socketDir"),
+    ("a 1024-character subPath", {"storage": {"size": "1Gi", "subPath": "a" * 1024}}, "subPath"),
+    ("a 300-character subPath segment", {"storage": {"size": "1Gi", "subPath": "a" * 300}}, "subPath"),
+    # What the API server refuses in a child (some children were created before).
+    ("size zero", {"storage": {"size": "0"}}, "storage.size"),
+    ("a nodeSelector key with a space", {"agent": {"nodeSelector": {"bad key!": "x"}}}, "nodeSelector"),
+    ("a nodeSelector value too long", {"agent": {"nodeSelector": {"k": "v" * 64}}}, "nodeSelector"),
+    (
+        "toleration effect Bogus",
+        {"agent": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "Bogus"}]}},
+        "tolerations",
+    ),
+    ("a toleration with a typo", {"agent": {"tolerations": [{"kee": "k"}]}}, "tolerations"),
+    ("memory limit lots", {"agent": {"resources": {"limits": {"memory": "lots"}}}}, "resources"),
+    (
+        "requests above limits",
+        {"agent": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}},
+        "resources",
+    ),
+    (
+        "a storageClassName that is no name",
+        {"storage": {"size": "1Gi", "storageClassName": "A_b"}},
+        "storage",
+    ),
+    ("an image with a space", {"agent": {"image": "repo/agent v1"}}, "image"),
+    (
+        "a selector key with a space",
+        {"vllm": {"version": "0.33", "cpuBytes": "1Gi", "selector": {"matchLabels": {"a b": "c"}}}},
+        "selector",
+    ),
+    # Unknown fields: pruned silently before.
+    ("a typo: highWaterMark", {"capacity": {"highWaterMark": 0.95}}, "highWaterMark"),
+    ("an unknown section", {"agnet": {"readThreads": 2}}, "agnet"),
+]
+NAMES: list[tuple[str, str, str]] = [
+    ("a dotted name (no Service can carry it)", "a.b.c", "metadata.name"),
+    ("a name too long for the metrics Service", "n" * 50, "metadata.name"),
 ]
 
 
@@ -49,7 +90,53 @@ def test_malformed_caches_are_refused_at_admission_with_the_field_named(
         except ApiException as exc:
             if exc.status not in (400, 422) or needle not in exc.body:
                 problems.append(f"{case}: {exc.status} {exc.body[:300]}")
+    for case, name, needle in NAMES:
+        try:
+            custom.create_namespaced_custom_object(
+                caches.GROUP, caches.VERSION, ns, caches.PLURAL, caches.manifest(name)
+            )
+            problems.append(f"{case}: accepted")
+        except ApiException as exc:
+            if exc.status not in (400, 422) or needle not in exc.body:
+                problems.append(f"{case}: {exc.status} {exc.body[:300]}")
     assert not problems, "\n".join(problems)
+    leftovers = client.CoreV1Api(api).list_namespaced_config_map(ns, label_selector="tieredkv.io/cache")
+    assert not leftovers.items, "no child of a refused cache exists"
+
+
+def test_changes_that_orphan_the_stored_blocks_are_refused_unless_allowed_and_then_recorded(
+    api: client.ApiClient, ns: str, webhook_operator: OperatorProcess
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(
+        caches.GROUP, caches.VERSION, ns, caches.PLURAL, caches.manifest("c")
+    )
+    caches.wait_condition(api, ns, "c", "Ready", "True", timeout=90)
+    vllm = caches.manifest("c")["spec"]["vllm"]
+    for change, needle in [
+        ({"storage": {"subPath": "elsewhere"}}, "spec.storage.subPath"),
+        ({"hashSeed": {"value": "42"}}, "spec.hashSeed"),
+        ({"vllm": {**vllm, "hashAlgo": "xxhash"}}, "spec.vllm.hashAlgo"),
+        ({"vllm": {**vllm, "version": "0.32"}}, "spec.vllm.version"),
+    ]:
+        with pytest.raises(ApiException) as err:
+            custom.patch_namespaced_custom_object(
+                caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c", {"spec": change}
+            )
+        assert err.value.status == 422 and needle in err.value.body and "allow-orphaning" in err.value.body
+    allowed = {
+        "metadata": {"annotations": {"tieredkv.io/allow-orphaning": "true"}},
+        "spec": {"storage": {"subPath": "elsewhere"}},
+    }
+    custom.patch_namespaced_custom_object(caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c", allowed)
+
+    def recorded() -> bool:
+        events = client.CoreV1Api(api).list_namespaced_event(ns, field_selector="involvedObject.name=c")
+        return any(e.reason == "BlocksOrphaned" and "elsewhere" in e.message for e in events.items)
+
+    testing.wait_for(recorded, 30, "a BlocksOrphaned Event")
+    obj = caches.wait_condition(api, ns, "c", "Ready", "True", timeout=60)
+    assert "subPath=elsewhere" in obj["status"]["storeProfile"]
 
 
 def test_immutable_fields_cannot_change_and_the_cache_keeps_working(
@@ -146,7 +233,7 @@ def test_a_cache_whose_dependencies_are_wrong_says_so_in_a_condition_and_an_even
         caches.GROUP, caches.VERSION, ns, caches.PLURAL, caches.manifest("c", **spec)
     )
     obj = testing.wait_for(
-        lambda: _with_reason(api, ns, condition, reason), 60, f"{condition} reason {reason}"
+        lambda: _with_reason(api, ns, condition, reason), 60, f"{condition}=False reason {reason}"
     )
     assert caches.condition(obj, "Ready")["status"] == "False", case
 
@@ -162,7 +249,8 @@ def test_a_cache_whose_dependencies_are_wrong_says_so_in_a_condition_and_an_even
 
 def _with_reason(api: client.ApiClient, ns: str, condition: str, reason: str) -> dict[str, Any] | None:
     obj = caches.get(api, ns, "c")
-    return obj if caches.condition(obj, condition).get("reason") == reason else None
+    cond = caches.condition(obj, condition)
+    return obj if cond.get("reason") == reason and cond.get("status") == "False" else None
 
 
 # (case, pod, expected skip reason)

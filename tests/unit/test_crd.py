@@ -103,10 +103,13 @@ def test_the_schema_uses_only_structural_constructs() -> None:
             assert node.get(bound, True) is True, f"{path}: {bound} must be a boolean in OpenAPI 3.0"
 
 
-def test_free_form_fields_and_only_those_keep_unknown_fields() -> None:
-    nodes = walk(root_schema(), "")
+def test_every_spec_object_keeps_unknown_fields_for_the_webhook_to_refuse_and_the_status_prunes() -> None:
+    nodes = list(walk(root_schema(), ""))
     preserved = {path for path, node in nodes if node.get("x-kubernetes-preserve-unknown-fields")}
-    assert preserved == {"spec.agent.resources", "spec.agent.tolerations[]", "spec.vllm.extraConfig"}
+    objects = {path for path, node in nodes if "properties" in node and path.startswith("spec")}
+    free_form = {"spec.agent.resources", "spec.agent.tolerations[]", "spec.vllm.extraConfig"}
+    assert preserved == objects | free_form
+    assert not any(path.startswith("status") for path in preserved)
 
 
 def test_the_status_schema_carries_no_defaults() -> None:

@@ -156,3 +156,46 @@ def test_an_agent_report_older_than_fifteen_minutes_no_longer_counts() -> None:
     reports = {"node-1": mismatch_report("2026-11-22T10:00:00Z"), "node-2": {"lastSeen": "garbage"}}
     status = compute_status("c", healthy(profile_mismatches=reports), [], "2026-11-22T10:15:01Z")
     assert conds(status)["SeedConsistent"] == ("True", "SeedSecretReady") and status["phase"] == "Ready"
+
+
+def test_agents_are_not_judged_before_the_daemon_set_controller_observed_the_daemon_set() -> None:
+    unseen = {"metadata": {"generation": 3}, "status": {"observedGeneration": 2, "desiredNumberScheduled": 0}}
+    status = compute_status("c", healthy(daemon_set=unseen), [], "2026-11-22T10:00:00Z")
+    assert conds(status)["AgentsReady"][0] == "Unknown" and conds(status)["Ready"][0] == "Unknown"
+    assert transition_events([], status["conditions"]) == []
+
+
+def test_a_pending_claim_is_unknown_for_the_grace_period_and_then_false_with_a_warning() -> None:
+    pending = healthy(pvc={"status": {"phase": "Pending"}, "spec": {}})
+    first = compute_status("c", pending, [], "2026-11-22T10:00:00Z")
+    assert conds(first)["StorageReady"] == ("Unknown", "ClaimPending")
+    held = compute_status("c", pending, first["conditions"], "2026-11-22T10:00:10Z")
+    assert conds(held)["StorageReady"] == ("Unknown", "ClaimPending")
+    late = compute_status("c", pending, held["conditions"], "2026-11-22T10:00:30Z")
+    assert conds(late)["StorageReady"] == ("False", "ClaimPending")
+    assert ("Warning", "ClaimPending") in [
+        e[:2] for e in transition_events(held["conditions"], late["conditions"])
+    ]
+
+
+@pytest.mark.parametrize(
+    ("observed", "reason"),
+    [
+        (healthy(pvc={**BOUND, "metadata": {"deletionTimestamp": "x"}}), "ClaimTerminating"),
+        (healthy(pvc=None, claim_deleted=True), "ClaimDeleted"),
+    ],
+)
+def test_a_claim_being_deleted_or_gone_is_reported_as_such(observed: Observed, reason: str) -> None:
+    status = compute_status("c", observed, [], "t0")
+    assert conds(status)["StorageReady"] == ("False", reason) and conds(status)["Ready"][0] == "False"
+
+
+def test_a_seed_problem_from_the_seed_step_is_the_seed_condition() -> None:
+    status = compute_status("c", healthy(seed_problem=("SeedChanged", "edited by hand")), [], "t0")
+    assert conds(status)["SeedConsistent"] == ("False", "SeedChanged")
+
+
+def test_recorded_fields_are_written_back_into_the_status() -> None:
+    recorded = {"seedFingerprint": "ab", "claimUid": "u", "handledRequests": {"a": "1"}}
+    status = compute_status("c", healthy(recorded=recorded), [], "t0")
+    assert {k: status[k] for k in recorded} == recorded

@@ -70,7 +70,8 @@ def test_nested_errors_name_the_list_index_and_the_rejected_value() -> None:
 
 def test_unknown_fields_and_a_missing_spec_are_denied() -> None:
     assert validate(changed(body(), "vllm", gpuBytes="1Gi"), None) == [
-        "spec.vllm.gpuBytes: Extra inputs are not permitted (got '1Gi')"
+        "spec.vllm.gpuBytes: unknown field 'gpuBytes' (did you mean 'cpuBytes'?): the API server would drop "
+        "it silently, so it is refused"
     ]
     assert only_error(validate({"metadata": {"name": "x"}}, None), "spec: required")
 
@@ -153,8 +154,17 @@ def test_the_storage_class_of_a_created_claim_cannot_change() -> None:
 
 def test_switching_vllm_mode_and_other_fields_is_allowed() -> None:
     old = body()
-    new = changed(old, "vllm", mode="agent", version="0.32", cpuBytes="48Gi")
+    assert validate(changed(old, "vllm", mode="agent", cpuBytes="48Gi"), old) == []
+
+
+def test_changes_that_orphan_the_stored_blocks_need_the_allow_orphaning_annotation() -> None:
+    old = body()
+    new = changed(old, "vllm", version="0.32", hashAlgo="xxhash")
     new["spec"]["storage"]["subPath"] = "llama3-8b-v032"
+    new["spec"]["hashSeed"] = {"value": "42"}
+    refused = [e.split(" ")[0] for e in validate(new, old)]
+    assert refused == ["spec.storage.subPath", "spec.hashSeed", "spec.vllm.hashAlgo", "spec.vllm.version"]
+    new["metadata"]["annotations"] = {"tieredkv.io/allow-orphaning": "true"}
     assert validate(new, old) == []
 
 
@@ -173,4 +183,8 @@ def test_an_update_reports_spec_errors_and_immutable_violations_together() -> No
     new = changed(old, "vllm", version="0.40")
     new["spec"]["storage"]["size"] = "1Ti"
     errors = validate(new, old)
-    assert [e.split(":")[0].split(" ")[0] for e in errors] == ["spec.vllm.version", "spec.storage.size"]
+    assert [e.split(":")[0].split(" ")[0] for e in errors] == [
+        "spec.vllm.version",
+        "spec.storage.size",
+        "spec.vllm.version",
+    ]

@@ -14,6 +14,9 @@ from tieredkv_operator.spec import API_VERSION, KIND, TieredKVCacheSpec
 PART_OF: Final = "tieredkv"
 MANAGED_BY: Final = "tieredkv-operator"
 FIELD_MANAGER: Final = "tieredkv-operator"
+SEED_FIELD_MANAGER: Final = "tieredkv-operator-seed"
+"""Manager of a generated seed's value: it is created once and never re-applied, so later applies of the
+Secret's metadata under FIELD_MANAGER cannot remove the value."""
 
 # Labels and annotations under our own prefix.
 LABEL_CACHE: Final = "tieredkv.io/cache"
@@ -32,6 +35,12 @@ ANNOTATION_KV_TRANSFER_CONFIG: Final = "tieredkv.io/kv-transfer-config"
 """On a pod: how its container gets the rendered config. `args` (default): the webhook appends
 `--kv-transfer-config` to a recognised vLLM command; `env`: the webhook leaves command and args alone and only
 provides the config as TIEREDKV_KV_TRANSFER_CONFIG, which the container passes on itself."""
+ANNOTATION_REGENERATE_SEED: Final = "tieredkv.io/regenerate-seed"
+"""On a cache: each new value asks the operator for a new random seed (recorded in status and an Event)."""
+ANNOTATION_ALLOW_ORPHANING: Final = "tieredkv.io/allow-orphaning"
+"""On a cache: admit a change that orphans the stored blocks (subPath, seed, hashAlgo, vLLM line)."""
+ANNOTATION_RECREATE_CLAIM: Final = "tieredkv.io/recreate-claim"
+"""On a cache: each new value lets the operator create a new, empty claim after the old one was deleted."""
 
 STORE_MOUNT_PATH: Final = "/var/lib/tieredkv/store"
 """Where the agents mount the shared volume."""
@@ -76,6 +85,11 @@ def seed_secret(cache: str, spec: TieredKVCacheSpec) -> tuple[str, str]:
     if ref is not None:
         return ref.name, ref.key
     return child_name(cache, "seed"), SEED_KEY_DEFAULT
+
+
+def seed_backup_name(cache: str) -> str:
+    """The cache-owned copy of a generated seed, from which a deleted seed Secret is restored."""
+    return child_name(cache, "seed-backup")
 
 
 def config_map_name(cache: str) -> str:

@@ -59,3 +59,17 @@ def seed_secret(cache: CacheRef, spec: TieredKVCacheSpec, seed: str) -> Manifest
         "metadata": _meta(cache, name, "seed", owned=not spec.storage.retain_on_delete),
         "stringData": {key: seed},
     }
+
+
+def seed_backup(cache: CacheRef, spec: TieredKVCacheSpec, seed: str) -> Manifest | None:
+    """The backup of a generated seed, owned by the cache: the seed Secret is restored from it, with the same
+    value, if someone deletes it. None unless the operator generates the seed (no secretRef, no value)."""
+    if spec.hash_seed.secret_ref is not None or spec.hash_seed.value is not None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(cache, names.seed_backup_name(cache.name), "seed-backup", owned=True),
+        "stringData": {names.SEED_KEY_DEFAULT: seed},
+    }

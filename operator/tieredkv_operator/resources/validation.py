@@ -8,29 +8,42 @@ TieredKVCache, so it must stay fast and pure. It returns human-readable error li
 * on CREATE, the name must leave room for the longest child name (`tieredkv-<name>-metrics`, a Service,
   hence a 63-character DNS label);
 * in agent mode, the agent socket path must fit a Unix socket address (107 bytes);
+* every child the spec produces must pass the API server's rules (`child_checks`), so no child is refused
+  after others were created;
+* unknown fields (a typo such as `highWaterMark`) are refused, naming the field and the closest known one;
 * on UPDATE, what a PersistentVolumeClaim cannot change stays fixed: `storage.accessModes`,
   `storage.storageClassName`, `storage.existingClaim` (adopting, releasing or switching claims), and
-  `storage.size` may grow but never shrink. `vllm.mode` and everything else may change.
+  `storage.size` may grow but never shrink;
+* on UPDATE, a change that orphans every stored block (`storage.subPath`, `hashSeed`, `vllm.hashAlgo`,
+  `vllm.version`) needs the annotation `tieredkv.io/allow-orphaning: "true"`. Everything else may change.
 
 An UPDATE that leaves the spec as it was (metadata-only changes such as kopf's finalizer and annotation
 patches, or a deletion in progress) is always admitted: an object created before the webhook existed must
 stay deletable.
 """
 
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from tieredkv_common.agent_limits import MAX_SOCKET_PATH_BYTES
 from tieredkv_operator.quantity import parse_quantity
-from tieredkv_operator.resources.names import child_name, metrics_service_name
+from tieredkv_operator.resources.child_checks import child_errors
+from tieredkv_operator.resources.names import ANNOTATION_ALLOW_ORPHANING, child_name, metrics_service_name
 from tieredkv_operator.resources.vllm_config import agent_socket_path
 from tieredkv_operator.spec import AccessMode, TieredKVCacheSpec, VllmMode
 
 MAX_NAME_LENGTH: Final = 63 - len(metrics_service_name(""))
 """Longest TieredKVCache name whose metrics Service name is still a DNS label."""
-MAX_SOCKET_PATH_BYTES: Final = 107
-"""sun_path holds 108 bytes including the terminating NUL."""
+ORPHANING_FIELDS: Final[tuple[tuple[tuple[str, ...], object], ...]] = (
+    (("storage", "subPath"), None),
+    (("hashSeed",), {}),
+    (("vllm", "hashAlgo"), "sha256"),
+    (("vllm", "version"), None),
+)
+"""Spec fields whose change orphans every stored block: (path, value when absent)."""
 GENERATED_SUFFIX_LENGTH: Final = 5
 """Characters the API server appends to metadata.generateName."""
 _DEFAULT_ACCESS_MODES: Final = [AccessMode.READ_WRITE_MANY.value]
@@ -49,9 +62,37 @@ def validate(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[str]
         errors += _name_errors(metadata)
     if spec is not None:
         errors += _socket_path_errors(spec, metadata)
+        if not errors and isinstance(metadata.get("name") or metadata.get("generateName"), str):
+            name = str(metadata.get("name") or f"{metadata.get('generateName')}xxxxx")
+            errors += child_errors(name, str(metadata.get("namespace") or ""), spec)
     if old is not None:
         errors += immutable_errors(new, old)
+        errors += orphaning_errors(new, old)
     return errors
+
+
+def orphaning_errors(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[str]:
+    """Changes that orphan every stored block, unless the update carries the allow-orphaning annotation."""
+    if _mapping(_mapping(new, "metadata"), "annotations").get(ANNOTATION_ALLOW_ORPHANING) == "true":
+        return []
+    errors = []
+    for path, absent in ORPHANING_FIELDS:
+        before, after = _get(old, path, absent), _get(new, path, absent)
+        if before != after:
+            shown = "(changed)" if path == ("hashSeed",) else f"(was {before!r}, now {after!r})"
+            errors.append(
+                f"spec.{'.'.join(path)} cannot change {shown} without orphaning every block stored so far: "
+                f'keep it, or set annotation {ANNOTATION_ALLOW_ORPHANING}: "true" in the same update to do '
+                "it anyway (the operator records it in an Event)"
+            )
+    return errors
+
+
+def _get(obj: Mapping[str, Any], path: tuple[str, ...], absent: object) -> object:
+    node: object = _mapping(obj, "spec")
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return absent if node is None else node
 
 
 def parse_spec(raw: object) -> tuple[TieredKVCacheSpec | None, list[str]]:
@@ -70,12 +111,29 @@ def format_errors(err: ValidationError) -> list[str]:
     for error in err.errors(include_url=False):
         message = error["msg"].removeprefix("Value error, ")
         shown = error.get("input")
-        if error["type"] != "value_error" and isinstance(shown, _SHOWN_INPUT_TYPES):
-            message = f"{message} (got {shown!r})"
+        if error["type"] == "extra_forbidden":
+            message = _unknown_field(str(error["loc"][-1]))
+        elif error["type"] != "value_error" and isinstance(shown, _SHOWN_INPUT_TYPES):
+            text = repr(shown)
+            message = f"{message} (got {text[:60] + '...' if len(text) > 60 else text})"
         line = f"{_path(error['loc'])}: {message}"
         if line not in lines:
             lines.append(line)
     return lines
+
+
+def _unknown_field(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(_known_fields(TieredKVCacheSpec)), n=1, cutoff=0.7)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field {name!r}{hint}: the API server would drop it silently, so it is refused"
+
+
+def _known_fields(model: type[BaseModel]) -> Iterator[str]:
+    for name, info in model.model_fields.items():
+        yield info.alias or name
+        for sub in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                yield from _known_fields(sub)
 
 
 def immutable_errors(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,164 @@
+"""Property: whatever the validating webhook admits, the real API server accepts every child of, and the
+agent's settings load from the environment the operator renders for it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tieredkv_agent.config import AgentSettings
+from tieredkv_operator.resources.child_checks import built_children
+from tieredkv_operator.resources.validation import parse_spec, validate
+
+pytestmark = pytest.mark.k8s
+
+T = Any
+
+
+def mostly(valid: st.SearchStrategy[T], invalid: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """Nine times in ten a value the API server accepts, else one it may refuse."""
+    return st.integers(0, 9).flatmap(lambda n: valid if n else invalid)
+
+
+NAMES = mostly(
+    st.from_regex(r"[a-z]([-a-z0-9]{0,30}[a-z0-9])?", fullmatch=True),
+    st.sampled_from(["a.b.c", "n" * 47, "Upper", "x"]),
+)
+LABEL_KEYS = mostly(
+    st.from_regex(
+        r"([a-z0-9]([a-z0-9.-]{0,8}[a-z0-9])?/)?[a-z0-9]([a-z0-9._-]{0,10}[a-z0-9])?", fullmatch=True
+    ),
+    st.sampled_from(["bad key!", "a/b/c", "-x", "k" * 64, "/x", "Example.com/x"]),
+)
+LABEL_VALUES = mostly(
+    st.from_regex(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,8}[A-Za-z0-9])?)?", fullmatch=True),
+    st.sampled_from(["v" * 64, "-bad", "a b"]),
+)
+QUANTITIES = mostly(
+    st.sampled_from(["1", "1Gi", "1.5Gi", "2e3", "1Ki", "3", "10G", 4096]),
+    st.sampled_from(["0", "500m", "lots", "-1", "0.1", ""]),
+)
+CPU = mostly(st.sampled_from(["100m", "1", "2", "0.5"]), st.sampled_from(["lots", "-1", "1x"]))
+TOLERATIONS = mostly(
+    st.sampled_from(
+        [
+            {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "zone", "operator": "Equal", "value": "a", "effect": "PreferNoSchedule"},
+            {"operator": "Exists"},
+            {"key": "t", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+        ]
+    ),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "key": LABEL_KEYS,
+            "operator": st.sampled_from(["Exists", "Equal", "Bogus"]),
+            "value": LABEL_VALUES,
+            "effect": st.sampled_from(["NoSchedule", "NoExecute", "Bogus", ""]),
+            "tolerationSeconds": st.integers(-5, 100),
+            "kee": st.just("typo"),
+        },
+    ),
+)
+RESOURCES = st.fixed_dictionaries(
+    {},
+    optional={
+        "limits": st.fixed_dictionaries({}, optional={"cpu": CPU, "memory": QUANTITIES}),
+        "requests": st.fixed_dictionaries({}, optional={"cpu": CPU, "memory": QUANTITIES}),
+        "claims": st.just([]),
+    },
+)
+SOCKET_DIRS = mostly(
+    st.sampled_from(["/var/run/tieredkv", "/run/x", "/var/lib/kv-sockets", "/tmp/s"]),
+    st.sampled_from(
+        ["/proc", "/var/run/a\x00b", "/", "relative", "/var/run/" + "d" * 90, "/a/../b", "/sys/x"]
+    ),
+)
+SUB_PATHS = mostly(
+    st.sampled_from([None, "a", "a/b", "ok-dir", "x" * 200]),
+    st.sampled_from(["a" * 300, "../x", "a//b", "a\nb", "/abs", "a" * 1024]),
+)
+FRACTIONS = mostly(st.sampled_from([0.0001, 0.5, 0.8, 0.9, 1]), st.sampled_from([0, 1.5, -0.1]))
+
+
+@st.composite
+def specs(draw: Callable[[Any], Any]) -> tuple[str, dict[str, Any]]:
+    mode = draw(st.sampled_from(["native", "agent"]))
+    storage: dict[str, Any] = {"size": draw(mostly(st.sampled_from(["1Gi", "100Gi", "2Ti"]), QUANTITIES))}
+    if (sub_path := draw(SUB_PATHS)) is not None:
+        storage["subPath"] = sub_path
+    agent: dict[str, Any] = {
+        "nodeSelector": draw(st.dictionaries(LABEL_KEYS, LABEL_VALUES, max_size=2)),
+        "tolerations": draw(st.lists(TOLERATIONS, max_size=2)),
+        "resources": draw(RESOURCES),
+        "socketDir": draw(SOCKET_DIRS),
+        "readThreads": draw(mostly(st.integers(1, 1024), st.integers(-1, 2000))),
+        "ramTierBytes": draw(st.sampled_from([0, "1Gi"])) if mode == "agent" else 0,
+    }
+    low, high = sorted([draw(FRACTIONS), draw(FRACTIONS)], reverse=draw(st.integers(0, 9)) == 0)
+    capacity: dict[str, Any] = {"highWatermark": high, "lowWatermark": low}
+    if draw(st.booleans()):
+        capacity["maxBytes"] = draw(mostly(st.sampled_from(["1", "1Ki", "100Mi", 1000]), QUANTITIES))
+    vllm = {
+        "version": "0.33",
+        "mode": mode,
+        "cpuBytes": "1Gi",
+        "selector": {"matchLabels": draw(st.dictionaries(LABEL_KEYS, LABEL_VALUES, min_size=1, max_size=2))},
+    }
+    spec = {"storage": storage, "vllm": vllm, "agent": agent, "capacity": capacity}
+    return draw(NAMES), spec
+
+
+def _dry_run_create(api: client.ApiClient, ns: str, child: dict[str, Any]) -> None:
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    create = {
+        "PersistentVolumeClaim": core.create_namespaced_persistent_volume_claim,
+        "Secret": core.create_namespaced_secret,
+        "ConfigMap": core.create_namespaced_config_map,
+        "ServiceAccount": core.create_namespaced_service_account,
+        "Service": core.create_namespaced_service,
+        "DaemonSet": apps.create_namespaced_daemon_set,
+        "Role": rbac.create_namespaced_role,
+        "RoleBinding": rbac.create_namespaced_role_binding,
+    }[child["kind"]]
+    create(ns, child, dry_run="All")
+
+
+def _agent_settings(daemon_set: dict[str, Any]) -> AgentSettings:
+    env = daemon_set["spec"]["template"]["spec"]["containers"][0]["env"]
+    plain = {e["name"].removeprefix("TIEREDKV_").lower(): e["value"] for e in env if "value" in e}
+    return AgentSettings(**plain)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=specs())
+def test_what_admission_accepts_the_api_server_and_the_agent_accept_too(
+    api: client.ApiClient, ns: str, case: tuple[str, dict[str, Any]]
+) -> None:
+    name, spec = case
+    body = {"apiVersion": "tieredkv.io/v1alpha1", "kind": "TieredKVCache", "spec": spec}
+    body["metadata"] = {"name": name, "namespace": ns}
+    if validate(body, None):
+        event("refused at admission")
+        return
+    event("admitted")
+    parsed, errors = parse_spec(spec)
+    assert parsed is not None, errors
+    for child in built_children(name, ns, parsed):
+        try:
+            _dry_run_create(api, ns, child)
+        except ApiException as exc:
+            pytest.fail(f"admitted {spec}, but the API server refuses {child['kind']}: {exc.body}")
+        if child["kind"] == "DaemonSet":
+            _agent_settings(child)
