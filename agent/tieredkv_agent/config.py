@@ -15,6 +15,8 @@ import yaml
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tieredkv_common import agent_limits as limits
+
 
 class FileSource(PydanticBaseSettingsSource):
     """Settings from the YAML/JSON file named by TIEREDKV_CONFIG_FILE (keys are the field names)."""
@@ -59,6 +61,8 @@ class AgentSettings(BaseSettings):
     read_threads: int = Field(default=4, ge=1, le=1024)
     write_threads: int = Field(default=4, ge=1, le=1024)
     ram_tier_bytes: int = Field(default=0, ge=0)
+    ram_tier_block_bytes: int | None = Field(default=None, gt=0)
+    """Pins the RAM tier's block size; unset, the first block of at least its minimum size does."""
     store_admission_threshold: int = Field(default=0, ge=0)
     store_admission_max_tracker_size: int = Field(default=64000, ge=1)
 
@@ -72,6 +76,18 @@ class AgentSettings(BaseSettings):
     gc_scan_threads: int = Field(default=4, ge=1, le=64)
     gc_lease_name: str = ""
     """Lease used to elect the GC leader; empty (outside a cluster) uses a lock file on the volume."""
+
+    # Socket server limits (docs/security.md; defaults in tieredkv_common.agent_limits).
+    max_connections: int = Field(default=limits.MAX_CONNECTIONS, ge=1, le=4096)
+    max_inflight_bytes: int = Field(default=limits.MAX_INFLIGHT_BYTES, ge=1)
+    """Per connection: bytes of Store and Load jobs accepted and not yet reported."""
+    max_total_inflight_bytes: int = Field(default=limits.MAX_TOTAL_INFLIGHT_BYTES, ge=1)
+    """Per agent: the same over all connections (the agent stages these bytes in its memory)."""
+    max_buffered_frame_bytes: int = Field(default=limits.MAX_BUFFERED_FRAME_BYTES, ge=1)
+    """Per agent: bytes of partial frames held for all connections."""
+    max_region_bytes: int = Field(default=limits.MAX_REGION_BYTES, ge=1)
+    max_send_queue_bytes: int = Field(default=limits.MAX_SEND_QUEUE_BYTES, ge=1024)
+    send_timeout_seconds: float = Field(default=limits.SEND_TIMEOUT_S, gt=0, le=3600)
 
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     """0 disables the metrics endpoint."""
