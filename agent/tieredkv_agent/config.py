@@ -73,6 +73,8 @@ class AgentSettings(BaseSettings):
     """File-tier threads that serve stores (write priority)."""
     ram_tier_bytes: int = Field(default=0, ge=lim.MIN_RAM_TIER_BYTES)
     """Bytes of the node RAM tier in front of the file tier (0: none)."""
+    ram_tier_block_bytes: int | None = Field(default=None, gt=0)
+    """Pins the RAM tier's block size; unset, the first block of at least its minimum size does."""
     store_admission_threshold: int = Field(default=0, ge=lim.MIN_STORE_ADMISSION_THRESHOLD)
     """Stores admitted to the file tier only after a block was offered this many times (0: all)."""
     store_admission_max_tracker_size: int = Field(default=64000, ge=lim.MIN_TRACKER_SIZE)
@@ -97,6 +99,22 @@ class AgentSettings(BaseSettings):
     """Threads that scan the store in a GC pass."""
     gc_lease_name: str = ""
     """Lease used to elect the GC leader; empty (outside a cluster) uses a lock file on the volume."""
+
+    # Socket server limits (docs/security.md; defaults in tieredkv_common.agent_limits).
+    max_connections: int = Field(default=lim.MAX_CONNECTIONS, ge=1, le=4096)
+    """Connections served at once; the next one is refused with an error."""
+    max_inflight_bytes: int = Field(default=lim.MAX_INFLIGHT_BYTES, ge=1)
+    """Per connection: bytes of Store and Load jobs accepted and not yet reported."""
+    max_total_inflight_bytes: int = Field(default=lim.MAX_TOTAL_INFLIGHT_BYTES, ge=1)
+    """Per agent: the same over all connections (the agent stages these bytes in its memory)."""
+    max_buffered_frame_bytes: int = Field(default=lim.MAX_BUFFERED_FRAME_BYTES, ge=1)
+    """Per agent: bytes of partial frames held for all connections."""
+    max_region_bytes: int = Field(default=lim.MAX_REGION_BYTES, ge=1)
+    """The largest region a Hello may declare."""
+    max_send_queue_bytes: int = Field(default=lim.MAX_SEND_QUEUE_BYTES, ge=1024)
+    """Per connection: reply bytes queued for a client that does not read them; beyond, it is closed."""
+    send_timeout_seconds: float = Field(default=lim.SEND_TIMEOUT_S, gt=0, le=3600)
+    """A reply the client does not take within this time closes the connection."""
 
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     """0 disables the metrics endpoint."""

@@ -1,8 +1,10 @@
-"""The agent's Prometheus metrics: one registry, names `tieredkv_<noun>_<unit>[_total]`, bounded labels.
+"""The agent's Prometheus metrics: names `tieredkv_<noun>_<unit>[_total]`, bounded labels.
 
-Every metric the agent exports is declared here (docs/metrics.md is checked against this registry).
-Components keep plain counters; the collectors below read them at scrape time, on prometheus-client's
-HTTP thread.
+`AgentMetrics` is built once, by the agent's start-up (`service.serve`), and its parts are passed down:
+`observe_block_io` to the file tier, the components themselves to the collectors. Nothing is registered at
+import time. Every metric the agent exports is declared here (docs/metrics.md is checked against
+`AgentMetrics().registry`). Components keep plain counters; the collectors read them at scrape time, on
+prometheus-client's HTTP thread.
 """
 
 from __future__ import annotations
@@ -18,33 +20,12 @@ from tieredkv_agent import __version__
 from tieredkv_agent.engine.jobs import JobKind, KeyStatus
 
 if TYPE_CHECKING:
+    from tieredkv_agent.api.server import AgentServer
     from tieredkv_agent.capacity import CapacityManager
     from tieredkv_agent.tiers.file import FileTier
     from tieredkv_agent.tiers.ram import RamPool, RamStats
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-
-BUILD = Info("tieredkv_agent_build", "Version of the running tieredkv agent", registry=REGISTRY)
-BUILD.info({"version": __version__})
-
-COMPAT = Info("tieredkv_agent_compat", "The cache profile this agent serves", registry=REGISTRY)
-"""Labels: vllm_version, mode, config_hash (one value per agent process)."""
-
-PROFILE_MISMATCHES = Counter(
-    "tieredkv_profile_mismatches",
-    "Hellos whose NONE_HASH fingerprint differed from the cache's, by what the agent did (socket threads)",
-    ["action"],
-    registry=REGISTRY,
-)
-"""`action`: reject or warn."""
-
-BLOCK_IO_SECONDS = Histogram(
-    "tieredkv_block_io_duration_seconds",
-    "Time to store or load one block file, queueing excluded (I/O worker threads observe it)",
-    ["op"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-    registry=REGISTRY,
-)
+BLOCK_IO_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class CapacityCollector(Collector):
@@ -254,14 +235,72 @@ def _ram_families(ram: RamStats | None) -> Iterator[Metric]:
     )
 
 
-CAPACITY = CapacityCollector()
-REGISTRY.register(CAPACITY)
-FILE_TIER = FileTierCollector()
-REGISTRY.register(FILE_TIER)
-TIERS = TiersCollector(FILE_TIER, CAPACITY)
-REGISTRY.register(TIERS)
+class ApiCollector(Collector):
+    """The socket server's refusals by reason (every reason present, zero until one happens)."""
+
+    def __init__(self, server: AgentServer | None = None) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        from tieredkv_common.agent_limits import REFUSAL_REASONS
+
+        family = CounterMetricFamily(
+            "tieredkv_api_refusals",
+            "Connections, jobs and Hellos the socket server refused for a limit, by reason",
+            labels=["reason"],
+        )
+        counts = self.server.refusal_counts() if self.server is not None else {}
+        for reason in REFUSAL_REASONS:
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family
+        yield GaugeMetricFamily(
+            "tieredkv_api_connections",
+            "Connections the socket server serves now",
+            value=self.server.connections if self.server is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "tieredkv_api_inflight_bytes",
+            "Bytes of Store and Load jobs in flight on all connections (staged in the agent)",
+            value=self.server.inflight_bytes if self.server is not None else 0,
+        )
 
 
-def serve(host: str, port: int) -> None:
-    """Start the /metrics endpoint on a daemon thread (called once, from the main thread)."""
-    start_http_server(port, addr=host, registry=REGISTRY)
+class AgentMetrics:
+    """One agent process's registry and collectors (built on the main thread at start-up)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        build = Info("tieredkv_agent_build", "Version of the running tieredkv agent", registry=self.registry)
+        build.info({"version": __version__})
+        self.compat = Info(
+            "tieredkv_agent_compat", "The cache profile this agent serves", registry=self.registry
+        )
+        """Labels: vllm_version, mode, config_hash (one value per agent process)."""
+        self.profile_mismatches = Counter(
+            "tieredkv_profile_mismatches",
+            "Hellos whose NONE_HASH fingerprint differed from the cache's, by what the agent did",
+            ["action"],
+            registry=self.registry,
+        )
+        """`action`: reject or warn."""
+        self.block_io_seconds = Histogram(
+            "tieredkv_block_io_duration_seconds",
+            "Time to store or load one block file, queueing excluded (I/O worker threads observe it)",
+            ["op"],
+            buckets=BLOCK_IO_BUCKETS,
+            registry=self.registry,
+        )
+        self.capacity = CapacityCollector()
+        self.file_tier = FileTierCollector()
+        self.tiers = TiersCollector(self.file_tier, self.capacity)
+        self.api = ApiCollector()
+        for collector in (self.capacity, self.file_tier, self.tiers, self.api):
+            self.registry.register(collector)
+
+    def observe_block_io(self, op: str, seconds: float) -> None:
+        """The file tier's `block_timer` (I/O worker threads)."""
+        self.block_io_seconds.labels(op=op).observe(seconds)
+
+    def serve(self, host: str, port: int) -> None:
+        """Start the /metrics endpoint on a daemon thread (called once, from the main thread)."""
+        start_http_server(port, addr=host, registry=self.registry)

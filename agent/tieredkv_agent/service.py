@@ -10,14 +10,20 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from tieredkv_agent import __version__, metrics
+from tieredkv_agent import __version__
 from tieredkv_agent.api.protocol import none_hash_fingerprint
-from tieredkv_agent.api.server import AgentServer
+from tieredkv_agent.api.server import AgentLimits, AgentServer
+from tieredkv_agent.api.session import Limits
+from tieredkv_agent.api.socket_lock import SocketPathError
 from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElector
 from tieredkv_agent.config import AgentSettings
+from tieredkv_agent.metrics import AgentMetrics
 from tieredkv_agent.report import MismatchReporter, in_cluster_patch
 from tieredkv_agent.store.hashing import HashAlgo, SeedRule, UnshareableNoneHashError, none_hash_for_env
+from tieredkv_agent.store.writers import WriterRegistration, sweep_dead_writers
 from tieredkv_agent.tiers.base import Tier
 from tieredkv_agent.tiers.file import FileTier
 
@@ -71,37 +77,55 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
     """Run until `stop` is set (main thread). Raises StartupError before starting anything it cannot run."""
     check_store_dir(settings)
     log.info(
-        "tieredkv-agent %s starting: %s; compat profile: vllm %s config %s",
+        "tieredkv-agent %s starting: %s; compat profile: vllm %r config %r",
         __version__,
         settings.summary(),
         settings.vllm_version or "?",
         settings.vllm_config_hash or "?",
     )
-    metrics.COMPAT.info(
+    metrics = AgentMetrics()
+    metrics.compat.info(
         {
             "vllm_version": settings.vllm_version,
             "mode": settings.mode,
             "config_hash": settings.vllm_config_hash,
         }
     )
-    files = file_tier(settings)
-    metrics.FILE_TIER.tier = files
-    tier = data_tier(settings, files)
+    writer = WriterRegistration(settings.store_dir)
+    tag = writer.register()
     manager = capacity_manager(settings, elector(settings))
-    metrics.CAPACITY.manager = manager
+    metrics.capacity.manager = manager
+    files = file_tier(settings, metrics, writer_tag=tag, on_no_space=manager.volume_full)
+    metrics.file_tier.tier = files
+    tier = data_tier(settings, files, metrics)
+    reporter = mismatch_reporter(settings) if settings.mode == "agent" else None
+    try:
+        server = socket_server(settings, tier, metrics, reporter) if settings.mode == "agent" else None
+    except BaseException:
+        if reporter is not None:
+            reporter.stop()
+        tier.shutdown()
+        writer.close()
+        raise
+    metrics.api.server = server
     if settings.metrics_port:
         address = settings.pod_ip or "0.0.0.0"
         try:
             metrics.serve(address, settings.metrics_port)
         except OSError as exc:
+            if server is not None:
+                server.close()
+            if reporter is not None:
+                reporter.stop()
             tier.shutdown()
+            writer.close()
             raise StartupError(
                 f"cannot serve metrics on {address}:{settings.metrics_port}: {exc.strerror or exc} "
                 "(another agent on this host? set TIEREDKV_METRICS_PORT, or 0 to disable metrics)"
             ) from exc
+    if tag:
+        threading.Thread(target=_sweep_dead_writers, args=(settings, tag, manager), name="tkv-sweep").start()
     manager.start()
-    reporter = mismatch_reporter(settings) if settings.mode == "agent" else None
-    server = socket_server(settings, tier, reporter) if settings.mode == "agent" else None
     try:
         stop.wait()
     finally:
@@ -112,6 +136,25 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
             reporter.stop()
         manager.stop(release=True)
         tier.shutdown()
+        writer.close()
+
+
+def _sweep_dead_writers(settings: AgentSettings, tag: str, manager: CapacityManager) -> None:
+    """Delete the temp files of agents that died, once, at start-up (the `tkv-sweep` thread)."""
+    try:
+        report = sweep_dead_writers(settings.store_dir, tag)
+    except Exception:
+        log.exception("sweeping the temp files of dead writers failed")
+        return
+    manager.swept_temp_files_total += report.temp_files
+    manager.swept_temp_bytes_total += report.temp_bytes
+    log.info(
+        "swept %d temp files (%d bytes) of %d dead writers in %.3f s",
+        report.temp_files,
+        report.temp_bytes,
+        report.dead_writers,
+        report.duration_s,
+    )
 
 
 def expected_fingerprint(settings: AgentSettings) -> str | None:
@@ -140,40 +183,70 @@ def mismatch_reporter(settings: AgentSettings) -> MismatchReporter | None:
 
 
 def socket_server(
-    settings: AgentSettings, tier: Tier, reporter: MismatchReporter | None = None
+    settings: AgentSettings, tier: Tier, metrics: AgentMetrics, reporter: MismatchReporter | None = None
 ) -> AgentServer:
     """The node socket vLLM instances of this cache connect to (agent mode), in the cache's socket dir."""
 
     def mismatch_seen(instance: str, offered: str, expected: str, action: str) -> None:
         """Count it and report it to the cache's status (socket connection threads)."""
-        metrics.PROFILE_MISMATCHES.labels(action=action).inc()
+        metrics.profile_mismatches.labels(action=action).inc()
         if reporter is not None:
             reporter.record(instance, offered, expected, action)
 
-    server = AgentServer(
-        settings.socket_dir / SOCKET_FILE,
-        tier,
-        agent_version=__version__,
-        expected_fingerprint=expected_fingerprint(settings),
-        on_mismatch=settings.on_profile_mismatch,
-        on_mismatch_seen=mismatch_seen,
-    )
+    try:
+        server = AgentServer(
+            settings.socket_dir / SOCKET_FILE,
+            tier,
+            agent_version=__version__,
+            limits=Limits(max_inflight_bytes=settings.max_inflight_bytes),
+            agent_limits=agent_limits(settings),
+            expected_fingerprint=expected_fingerprint(settings),
+            on_mismatch=settings.on_profile_mismatch,
+            on_mismatch_seen=mismatch_seen,
+        )
+    except SocketPathError as exc:
+        raise StartupError(str(exc)) from None
     log.info("serving vLLM instances on %s", settings.socket_dir / SOCKET_FILE)
     return server
 
 
-def file_tier(settings: AgentSettings) -> FileTier:
+def agent_limits(settings: AgentSettings) -> AgentLimits:
+    """The socket server's agent-wide limits from the settings."""
+    return AgentLimits(
+        max_connections=settings.max_connections,
+        max_total_inflight_bytes=settings.max_total_inflight_bytes,
+        max_buffered_frame_bytes=settings.max_buffered_frame_bytes,
+        max_region_bytes=settings.max_region_bytes,
+        max_send_queue_bytes=settings.max_send_queue_bytes,
+        send_timeout_s=settings.send_timeout_seconds,
+    )
+
+
+def file_tier(
+    settings: AgentSettings,
+    metrics: AgentMetrics | None = None,
+    *,
+    writer_tag: str = "",
+    on_no_space: Callable[[], None] | None = None,
+) -> FileTier:
     """The shared-volume tier; in agent mode the socket server hands it the instances' block jobs."""
+    hooks: dict[str, Any] = {}
+    if metrics is not None:
+        hooks["block_timer"] = metrics.observe_block_io
+    if on_no_space is not None:
+        hooks["on_no_space"] = on_no_space
     return FileTier(
         root_dir=settings.store_dir,
         read_threads=settings.read_threads,
         write_threads=settings.write_threads,
         store_threshold=settings.store_admission_threshold,
         max_tracker_size=settings.store_admission_max_tracker_size,
+        writer_tag=writer_tag,
+        **hooks,
     )
 
 
-def data_tier(settings: AgentSettings, files: FileTier) -> Tier:
+def data_tier(settings: AgentSettings, files: FileTier, metrics: AgentMetrics | None = None) -> Tier:
     """The tier the socket server uses: the file tier, under a node RAM pool when `ram_tier_bytes` > 0.
 
     Only agent mode moves data through the agent, so only then is the pool built; the copy engine (and
@@ -192,7 +265,12 @@ def data_tier(settings: AgentSettings, files: FileTier) -> Tier:
             "or set TIEREDKV_RAM_TIER_BYTES=0 to serve from the file tier alone"
         ) from exc
 
-    pool = RamPool(settings.ram_tier_bytes)
-    metrics.TIERS.ram = pool
-    log.info("RAM tier: %d bytes, sized by the first block it is given", settings.ram_tier_bytes)
+    pool = RamPool(settings.ram_tier_bytes, block_bytes=settings.ram_tier_block_bytes)
+    if metrics is not None:
+        metrics.tiers.ram = pool
+    log.info(
+        "RAM tier: %d bytes, blocks of %s",
+        settings.ram_tier_bytes,
+        settings.ram_tier_block_bytes or f"the first size of at least {pool.min_block_bytes} bytes",
+    )
     return LayeredTier(ram=pool, lower=files)

@@ -1,9 +1,17 @@
-"""The bounds the node agent puts on its settings, shared with the operator's TieredKVCache model.
+"""The node agent's bounds and resource limits, in one place the operator shares.
 
-The agent's settings (`tieredkv_agent.config.AgentSettings`) and the operator's spec (`spec.agent`,
-`spec.capacity`) both take their bounds from here, so admission refuses exactly what an agent would refuse
-at start-up (a crash-looping DaemonSet with no reason shown). Standard library only.
+Settings bounds: the agent's settings (`tieredkv_agent.config.AgentSettings`) and the operator's spec
+(`spec.agent`, `spec.capacity`) both take them from here, so admission refuses exactly what an agent would
+refuse at start-up (a crash-looping DaemonSet with no reason shown).
+
+Resource limits: the defaults of the agent's limits; docs/security.md lists what each one bounds. Every
+refusal a limit causes is answered with an error code, counted in `tieredkv_api_refusals_total{reason=...}`
+and logged; `REFUSAL_REASONS` is the closed set of that label's values.
+
+Standard library only (this package is copied into vLLM pods).
 """
+
+from __future__ import annotations
 
 from typing import Final
 
@@ -32,3 +40,43 @@ MAX_SUB_PATH_BYTES: Final = 512
 """Room left under PATH_MAX (4096) for the mount point, the namespace directory and the block paths."""
 FORBIDDEN_HOST_DIRS: Final = ("/proc", "/sys", "/dev", "/boot", "/etc", "/bin", "/sbin", "/lib", "/usr")
 """Host directories an agent's socket directory may not be (or be under): kernel interfaces and the OS."""
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+MAX_CONNECTIONS = 64
+"""Connections served at once (each costs two threads); the next one gets a fatal Error and is closed."""
+MAX_INFLIGHT_BYTES = 512 * MiB
+"""Per connection: bytes of Store and Load jobs accepted and not yet reported (the agent stages them)."""
+MAX_TOTAL_INFLIGHT_BYTES = 2 * GiB
+"""Per agent: the same, summed over every connection (bounds the staging memory of the agent)."""
+MAX_BUFFERED_FRAME_BYTES = 64 * MiB
+"""Per agent: bytes of partial frames held for all connections together; a connection over its share
+when the budget is spent is closed."""
+BUFFERED_FRAME_SHARE_BYTES = 256 * 1024
+"""A connection holding at most this much partial frame is never closed for the agent-wide budget."""
+MAX_REGION_BYTES = 1 << 40
+"""The largest region a Hello may declare (the agent never maps it; this bounds what a job may name)."""
+MAX_SEND_QUEUE_BYTES = 16 * MiB
+"""Per connection: reply bytes queued for a client that does not read them; beyond it, it is closed."""
+SEND_TIMEOUT_S = 10.0
+"""A reply the client does not take within this time closes the connection."""
+RAM_MAX_SLOTS = 1 << 20
+"""The RAM tier holds at most this many blocks: smaller blocks than capacity / RAM_MAX_SLOTS bypass it,
+so the pool's index stays bounded whatever block size a client declares."""
+RAM_MIN_BLOCK_BYTES = 4096
+"""Blocks smaller than this are never cached in RAM."""
+
+REFUSAL_REASONS = (
+    "connections",
+    "inflight_bytes",
+    "total_inflight_bytes",
+    "buffered_bytes",
+    "region_bytes",
+    "send_queue",
+    "block_size",
+    "namespace",
+    "region_io",
+    "accept_error",
+)
+"""Values of the `reason` label of `tieredkv_api_refusals_total` (bounded: nothing else is counted)."""

@@ -24,10 +24,10 @@ def series_names(registry: CollectorRegistry) -> set[str]:
 
 
 def known_series() -> set[str]:
-    from tieredkv_agent import metrics as agent
+    from tieredkv_agent.metrics import AgentMetrics
     from tieredkv_operator import metrics as operator
 
-    return series_names(agent.REGISTRY) | series_names(operator.REGISTRY)
+    return series_names(AgentMetrics().registry) | series_names(operator.REGISTRY)
 
 
 def metric_names(expr: str) -> set[str]:

@@ -132,11 +132,19 @@ def _store_with_block_files(args: argparse.Namespace, keys: list[bytes]) -> None
 
 
 def _store_with_file_tier(args: argparse.Namespace, keys: list[bytes]) -> None:
+    """Store through FileTier, or with `--ram` through the RAM tier layered over it (write-through)."""
     from tieredkv_agent.engine.jobs import BlockJob, CompletionQueue
+    from tieredkv_agent.tiers.base import Tier
     from tieredkv_agent.tiers.file import FileTier
 
-    tier = FileTier(root_dir=args.root, read_threads=1, write_threads=2, durability=args.durability)
-    namespace = tier.namespace(CONFIG)
+    files = FileTier(root_dir=args.root, read_threads=1, write_threads=2, durability=args.durability)
+    tier: Tier = files
+    if args.ram:
+        from tieredkv_agent.tiers.layered import LayeredTier
+        from tieredkv_agent.tiers.ram import RamPool
+
+        tier = LayeredTier(ram=RamPool(8 * args.block), lower=files)
+    namespace = files.namespace(CONFIG)
     source = memoryview(mmap.mmap(-1, len(keys) * args.block))
     for index, key in enumerate(keys):
         source[index * args.block : (index + 1) * args.block] = block_content(key, args.block)
@@ -167,6 +175,7 @@ def store_main(argv: list[str]) -> None:
     parser.add_argument("--block", type=int, required=True)
     parser.add_argument("--durability", default=Durability.NONE.value)
     parser.add_argument("--tier", action="store_true", help="store through FileTier instead of BlockFiles")
+    parser.add_argument("--ram", action="store_true", help="with --tier: through the RAM tier over FileTier")
     parser.add_argument("--pause-write", type=int, default=0)
     parser.add_argument("--pause-rename", type=int, default=0)
     args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ REQUIRED = {
     "TieredKVSeedMismatch",
     "TieredKVWebhookSkippingPods",
     "TieredKVNoGCLeader",
+    "TieredKVVolumeFull",
 }
 
 

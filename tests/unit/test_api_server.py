@@ -287,14 +287,17 @@ def test_a_client_in_another_process_passes_its_region_and_stores(
 def test_the_socket_is_group_accessible_and_a_stale_one_is_replaced(tmp_path: Path, tier: FileTier) -> None:
     path = tmp_path / "sockdir" / "agent.sock"
     stale = AgentServer(path, tier, agent_version="t")
-    stale._listener.close()  # dies without removing its socket file
+    stale._listener.close()  # dies without removing its socket file; the kernel drops its lock
+    stale._socket_lock.release()
     fresh = AgentServer(path, tier, agent_version="t")
     try:
         assert path.stat().st_mode & 0o777 == 0o660
         assert path.parent.stat().st_mode & 0o777 == 0o770
+        stale.close()
+        assert path.is_socket(), "the dead agent's shutdown removed the live agent's socket"
     finally:
         fresh.close()
-        stale.close()
+    assert not path.exists()
 
 
 def test_an_oversized_frame_gets_a_fatal_error_and_the_connection_is_closed(server: AgentServer) -> None:

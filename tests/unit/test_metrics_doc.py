@@ -31,9 +31,9 @@ def exported(registry: CollectorRegistry) -> set[str]:
 
 
 def test_the_agent_metrics_page_matches_the_agent_registry() -> None:
-    from tieredkv_agent import metrics
+    from tieredkv_agent.metrics import AgentMetrics
 
-    assert documented("Agent") == exported(metrics.REGISTRY)
+    assert documented("Agent") == exported(AgentMetrics().registry)
 
 
 def test_the_operator_metrics_page_matches_the_operator_registry() -> None:
@@ -50,7 +50,7 @@ def test_every_documented_metric_name_follows_the_naming_rule() -> None:
 
 
 def test_no_metric_name_is_exported_by_both_processes() -> None:
-    from tieredkv_agent import metrics as agent
+    from tieredkv_agent.metrics import AgentMetrics
     from tieredkv_operator import metrics as operator
 
-    assert not exported(agent.REGISTRY) & exported(operator.REGISTRY)
+    assert not exported(AgentMetrics().registry) & exported(operator.REGISTRY)

@@ -2,7 +2,8 @@
 
 Each round starts a fresh Python process (`tests.unit.reliability_worker`) that stores 256 KiB blocks
 (smaller than vLLM's ~2 MiB to keep the test fast; the publish protocol does not depend on the size)
-through the real `BlockFiles.store` on real files, or through `FileTier`, and SIGKILLs it a random
+through the real `BlockFiles.store` on real files, or through `FileTier` (alone, or under the RAM tier as
+the agent runs it with `ramTierBytes`), and SIGKILLs it a random
 0-15 ms after it announced it was ready. A few rounds instead kill the child at a fixed point (half-way
 through a write, just before the rename) so that orphaned temp files exist for certain. After every
 round, every file under a final block name must hold exactly its key's full bytes; at the end the
@@ -38,6 +39,7 @@ KEY_STRIDE = 16
 """Consecutive rounds share half their keys: children also race for, and skip, each other's blocks."""
 RANDOM_BLOCKFILES_ROUNDS = 100
 RANDOM_TIER_ROUNDS = 10
+RANDOM_RAM_ROUNDS = 4
 PAUSED_ROUNDS = 8
 MAX_KILL_DELAY_S = 0.015
 RUNNERS = 3
@@ -53,6 +55,8 @@ class Round:
     first: int
     seed: int
     tier: bool = False
+    ram: bool = False
+    """With `tier`: through the RAM tier layered over the file tier (the agent's tier with ramTierBytes)."""
     durability: str = "none"
     pause: str = ""
     """"" (kill at a random moment), "write" (half-way through a write) or "rename" (before it)."""
@@ -60,7 +64,7 @@ class Round:
 
 
 def rounds() -> list[Round]:
-    """The random-moment rounds (every 4th with fdatasync), FileTier rounds and the fixed-point rounds."""
+    """Random-moment rounds (every 4th with fdatasync), FileTier and RAM-tier rounds, fixed-point rounds."""
     plan = [
         Round(n, "random", n * KEY_STRIDE, seed=n, durability="fdatasync" if n % 4 == 3 else "none")
         for n in range(RANDOM_BLOCKFILES_ROUNDS)
@@ -68,6 +72,11 @@ def rounds() -> list[Round]:
     plan += [
         Round(n, "random", n * KEY_STRIDE, seed=n, tier=True)
         for n in range(RANDOM_BLOCKFILES_ROUNDS, RANDOM_BLOCKFILES_ROUNDS + RANDOM_TIER_ROUNDS)
+    ]
+    first_ram = RANDOM_BLOCKFILES_ROUNDS + RANDOM_TIER_ROUNDS
+    plan += [
+        Round(n, "random", n * KEY_STRIDE, seed=n, tier=True, ram=True)
+        for n in range(first_ram, first_ram + RANDOM_RAM_ROUNDS)
     ]
     plan += [
         Round(
@@ -96,6 +105,8 @@ class Children:
         argv += ["--seed", str(spec.seed), "--block", str(BLOCK), "--durability", spec.durability]
         if spec.tier:
             argv.append("--tier")
+        if spec.ram:
+            argv.append("--ram")
         if spec.pause:
             argv += [f"--pause-{spec.pause}", str(spec.pause_at)]
         pipes = subprocess.PIPE

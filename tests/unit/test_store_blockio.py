@@ -368,14 +368,29 @@ def test_a_failed_write_removes_the_temp_file_and_publishes_nothing(tmp_path: Pa
     assert list(tmp_path.rglob("*.*")) == []
 
 
-def test_a_short_write_is_a_failed_store(tmp_path: Path) -> None:
+def test_partial_writes_are_continued_until_the_block_is_whole(tmp_path: Path) -> None:
     class ShortWrite(FileOps):
         def write(self, fd: int, data: memoryview) -> int:
             return super().write(fd, data[:100])
 
-    result = BlockFiles(direct=False, ops=ShortWrite()).store(key_path(tmp_path), payload())
-    assert result.status is StoreStatus.IO_ERROR
-    assert "short write" in result.detail
+    path = key_path(tmp_path)
+    result = BlockFiles(direct=False, ops=ShortWrite()).store(path, payload())
+    assert result.status is StoreStatus.STORED
+    assert Path(path).read_bytes() == payload()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_volume_filling_mid_write_is_reported_as_no_space_not_as_a_short_write(
+    tmp_path: Path, code: int
+) -> None:
+    class FillsUp(FileOps):
+        def write(self, fd: int, data: memoryview) -> int:
+            if data.nbytes < BLOCK:  # the kernel wrote part of the block, then the volume was full
+                raise OSError(code, os.strerror(code))
+            return super().write(fd, data[:100])
+
+    result = BlockFiles(direct=False, ops=FillsUp()).store(key_path(tmp_path), payload())
+    assert (result.status, result.errno) == (StoreStatus.IO_ERROR, code)
     assert list(tmp_path.rglob("*.*")) == []
 
 

@@ -113,8 +113,8 @@ def test_instance_b_loads_what_instance_a_stored_from_ram_without_reading_a_file
 
 
 def test_the_agent_layers_a_ram_tier_only_in_agent_mode_with_bytes_configured(tmp_path: Path) -> None:
-    from tieredkv_agent import metrics
     from tieredkv_agent.config import AgentSettings
+    from tieredkv_agent.metrics import AgentMetrics
     from tieredkv_agent.service import data_tier, file_tier
 
     for mode, ram_bytes, layered in (
@@ -123,11 +123,11 @@ def test_the_agent_layers_a_ram_tier_only_in_agent_mode_with_bytes_configured(tm
         ("agent", 0, False),
     ):
         settings = AgentSettings(store_dir=tmp_path, mode=mode, ram_tier_bytes=ram_bytes)
-        files = file_tier(settings)
-        made = data_tier(settings, files)
+        metrics = AgentMetrics()
+        files = file_tier(settings, metrics)
+        made = data_tier(settings, files, metrics)
         try:
             assert isinstance(made, LayeredTier) is layered
-            assert (metrics.TIERS.ram is not None) is layered
+            assert (metrics.tiers.ram is not None) is layered
         finally:
             made.shutdown(2.0)
-            metrics.TIERS.ram = None

@@ -33,7 +33,9 @@ Each Struct below documents its fields.
 
 Limits per connection (defaults; `HelloOk` reports the agent's): a frame body of at most 4 MiB
 (`max_frame_bytes`), at most 16384 keys per Lookup/Store/Load (`max_keys`), at most 1024 Store+Load jobs
-accepted and not yet reported (`max_inflight_jobs`), strings and keys bounded as their types say.
+accepted and not yet reported (`max_inflight_jobs`) holding at most `max_inflight_bytes`, strings and keys
+bounded as their types say. Agent-wide limits (connections, partial frames, in-flight bytes of all
+connections) answer OVERLOADED; `tieredkv_common.agent_limits` holds every default.
 
 Errors. A frame whose body is malformed (not msgpack, not a map, a missing or ill-typed field, an unknown
 type), a message the connection's state does not allow (anything before the Hello, a second Hello, a job
@@ -108,6 +110,10 @@ class ErrorCode(enum.IntEnum):
     keys and slots of different lengths, a load with two keys for one slot, a job id already in flight."""
     INTERNAL = 10
     """The agent failed while handling the message; the request or job named is not served."""
+    OVERLOADED = 11
+    """An agent-wide limit (connections, partial-frame bytes, in-flight bytes of all connections) refused
+    the connection or the job; the plugin may retry later. Older plugins read it as a malformed Error
+    that still names its job, so the job fails either way."""
 
 
 class LookupCode(enum.IntEnum):
@@ -205,6 +211,8 @@ class HelloOk(_Message, tag="hello_ok", frozen=True):
     """This connection's limits (see the module docstring); the plugin splits batches to fit them."""
     max_keys: Positive
     max_inflight_jobs: Positive
+    max_inflight_bytes: U63 = 0
+    """Bytes of Store and Load jobs (keys x block_bytes) accepted and not yet reported; 0: no limit."""
 
 
 class Lookup(_Message, tag="lookup", frozen=True):
@@ -274,13 +282,24 @@ class JobDone(_Message, tag="job_done", frozen=True):
     """Bytes this job itself wrote or read."""
     elapsed_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """From acceptance to the last key settled."""
+    reason: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    """Why keys failed, when one cause explains it: `no_space` (the volume is full: ENOSPC or EDQUOT),
+    `region` (the region could not be read or written: the client shrank its file), `io_error`;
+    empty on success or for misses and skips."""
 
     @classmethod
-    def of(cls, job_id: int, flags: Sequence[bool], transfer_bytes: int, elapsed_s: float) -> Self:
+    def of(
+        cls, job_id: int, flags: Sequence[bool], transfer_bytes: int, elapsed_s: float, reason: str = ""
+    ) -> Self:
         success = all(flags)
         key_ok = b"" if success else pack_bits(flags)
         return cls(
-            job_id=job_id, success=success, key_ok=key_ok, transfer_bytes=transfer_bytes, elapsed_s=elapsed_s
+            job_id=job_id,
+            success=success,
+            key_ok=key_ok,
+            transfer_bytes=transfer_bytes,
+            elapsed_s=elapsed_s,
+            reason=reason,
         )
 
     def flags(self, count: int) -> list[bool]:

@@ -1,52 +1,44 @@
 """The agent's side of the node socket API: a Unix socket server that runs vLLM instances' block jobs.
 
-One `AgentServer` per agent. Threads:
+One `AgentServer` per agent, one `Connection` per instance (see `tieredkv_agent.api.connection`). Threads:
 
-* `tkv-api-accept`: accepts connections and starts a reader for each;
-* `tkv-api-conn-<n>`: one reader per connection. It receives bytes and the region descriptor
-  (`recvmsg`, SCM_RIGHTS), decodes frames, runs the connection's `Session`, answers Hellos and Lookups
-  itself and submits Store/Load jobs to the tier;
-* the tier's threads call each job's completion sink, which sends the JobDone (and a Drained after it)
-  under the connection's send lock;
-* `close` runs on the agent's main thread.
+* `tkv-api-accept`: accepts connections, refuses those over `max_connections`, starts each one's reader
+  and writer; it survives any failure (a thread that cannot start, EMFILE) and ends only at `close`;
+* connection threads call `refuse`, `reserve_inflight`/`release_inflight`, `account_buffered`,
+  `check_hello` and `namespace` (all under the server's lock, none waits for I/O under it);
+* `close` runs on the agent's main thread and is bounded, whatever the clients do.
 
-A connection's region stays mapped until its last in-flight job is reported, even after the connection
-is gone: the tier may still be copying into or out of it. Results for a gone connection are dropped.
-See docs/protocol.md for the protocol.
+Limits (`AgentLimits`, defaults in `tieredkv_common.agent_limits`): every refusal is answered with an
+Error, logged, and counted by reason (`refusal_counts`, exported as `tieredkv_api_refusals_total`).
+One agent serves a socket path (`SocketLock`). See docs/protocol.md and docs/security.md.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import logging
-import mmap
 import os
-import re
 import socket
-import struct
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tieredkv_agent.api.framing import FrameEncoder, client_decoder
-from tieredkv_agent.api.protocol import (
-    ClientMessage,
-    Error,
-    ErrorCode,
-    Goodbye,
-    Hello,
-    Load,
-    Lookup,
-    ProtocolError,
-    ServerMessage,
-    Store,
-)
+from tieredkv_agent.api.connection import Connection
+from tieredkv_agent.api.framing import FrameEncoder
+from tieredkv_agent.api.protocol import Error, ErrorCode, Goodbye, Hello
 from tieredkv_agent.api.run_config import parse_run_config, write_config_json
-from tieredkv_agent.api.session import Limits, Session, job_done, lookup_reply, region_owner_problem
-from tieredkv_agent.engine.jobs import BlockJob, JobResult
-from tieredkv_agent.store.naming import Namespace
+from tieredkv_agent.api.session import Limits
+from tieredkv_agent.api.socket_lock import SocketLock
+from tieredkv_agent.store.blocksize import existing_block_bytes
+from tieredkv_agent.store.modes import DIR_MODE
+from tieredkv_agent.store.naming import Namespace, blocks_dir_name, namespace_at, namespace_name_problem
 from tieredkv_agent.tiers.base import Tier
+from tieredkv_common import agent_limits
 
 log = logging.getLogger(__name__)
 
@@ -55,238 +47,27 @@ MismatchSink = Callable[[str, str, str, str], None]
 
 SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o770
-RECV_BYTES = 256 * 1024
-MAX_FDS = 4
-"""Descriptors accepted per recvmsg: one is allowed, a few more are received only to be closed."""
-_NAMESPACE_NAME = re.compile(r"^[^/\x00]+_[0-9a-f]{12}$")
-"""`<safe_model>_<digest12>`: `safe_model_name` replaced every `/`, so the name is one directory."""
+ACCEPT_RETRY_S = 0.05
+"""Pause after a failed accept or thread start, so that a persistent failure does not spin."""
 
 
-class _Region:
-    """One connection's mapped region and its in-flight jobs (any thread; guarded by its lock)."""
+@dataclass(frozen=True, slots=True)
+class AgentLimits:
+    """The agent-wide limits of the socket server (per-connection ones are `session.Limits`)."""
 
-    def __init__(self, mapped: mmap.mmap, block_bytes: int) -> None:
-        self.block_bytes = block_bytes
-        self._map = mapped
-        self._lock = threading.Lock()
-        self._jobs = 0
-        self._released = False
+    max_connections: int = agent_limits.MAX_CONNECTIONS
+    max_total_inflight_bytes: int = agent_limits.MAX_TOTAL_INFLIGHT_BYTES
+    max_buffered_frame_bytes: int = agent_limits.MAX_BUFFERED_FRAME_BYTES
+    buffered_frame_share_bytes: int = agent_limits.BUFFERED_FRAME_SHARE_BYTES
+    max_region_bytes: int = agent_limits.MAX_REGION_BYTES
+    max_send_queue_bytes: int = agent_limits.MAX_SEND_QUEUE_BYTES
+    send_timeout_s: float = agent_limits.SEND_TIMEOUT_S
 
-    def views(self, slots: list[int]) -> tuple[memoryview, list[memoryview]]:
-        """A base view and one slot view per slot for a new job (the reader thread)."""
-        with self._lock:
-            self._jobs += 1
-            base = memoryview(self._map)
-        size = self.block_bytes
-        return base, [base[slot * size : (slot + 1) * size] for slot in slots]
-
-    def job_ended(self, base: memoryview, views: list[memoryview]) -> None:
-        """Release a finished job's views; unmap if the region was released and this was the last."""
-        for view in views:
-            view.release()
-        base.release()
-        with self._lock:
-            self._jobs -= 1
-            close_now = self._released and self._jobs == 0
-        if close_now:
-            self._unmap()
-
-    def release(self) -> None:
-        """The connection is gone: unmap now, or when its last in-flight job ends (the reader thread)."""
-        with self._lock:
-            self._released = True
-            close_now = self._jobs == 0
-        if close_now:
-            self._unmap()
-
-    def _unmap(self) -> None:
-        try:
-            self._map.close()
-        except BufferError:  # a view escaped somewhere; the mapping goes when it is collected
-            log.warning("region still has views at release; leaving it to the garbage collector")
-
-
-class _Connection:
-    """One instance's connection: socket, decoder, session and region."""
-
-    def __init__(self, server: AgentServer, sock: socket.socket, number: int) -> None:
-        self.server = server
-        self.sock = sock
-        self.name = f"tkv-api-conn-{number}"
-        self.session = Session(
-            agent_version=server.agent_version, limits=server.limits, check_hello=server.check_hello
-        )
-        self.decoder = client_decoder(server.limits.max_frame_bytes)
-        self.encoder = FrameEncoder(server.limits.max_frame_bytes)
-        self.send_lock = threading.Lock()
-        self.region: _Region | None = None
-        self.namespace: Namespace | None = None
-        self.alive = True
-        self.gone = threading.Event()
-        """Set when the connection ends: its queued blocks are cancelled (running I/O finishes)."""
-        self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
-
-    def send(self, message: ServerMessage) -> None:
-        """Send one message (any thread); a dead peer marks the connection gone, never raises."""
-        with self.send_lock:
-            self._send_locked(message)
-
-    def _send_locked(self, message: ServerMessage) -> None:
-        if not self.alive:
-            return
-        try:
-            self.sock.sendall(self.encoder.encode(message), socket.MSG_NOSIGNAL)
-        except (OSError, ValueError) as exc:
-            log.info("%s: send failed (%s); dropping the connection", self.name, exc)
-            self.alive = False
-
-    def run(self) -> None:
-        """Read, decode and act until the peer goes or the server closes (the connection's thread)."""
-        try:
-            self._read_loop()
-        except Exception:
-            log.exception("%s: reader failed", self.name)
-        finally:
-            self.alive = False
-            self.gone.set()
-            self.sock.close()
-            if self.region is not None:
-                self.region.release()
-            self.server.forget(self)
-
-    def _read_loop(self) -> None:
-        pending_fd: int | None = None
-        try:
-            while self.alive:
-                try:
-                    data, fds, _flags, _addr = socket.recv_fds(self.sock, RECV_BYTES, MAX_FDS)
-                except OSError:
-                    return
-                if fds:
-                    pending_fd = self._take_fds(pending_fd, fds)
-                if not data:
-                    return
-                for item in self.decoder.feed(data):
-                    pending_fd = self._handle(item, pending_fd)
-                if pending_fd is not None and not self.decoder.buffered:
-                    os.close(pending_fd)  # it came with no Hello
-                    pending_fd = None
-        finally:
-            if pending_fd is not None:
-                os.close(pending_fd)
-
-    def _take_fds(self, pending_fd: int | None, fds: list[int]) -> int | None:
-        """Keep one descriptor for the next Hello; close older ones and all of a batch of several."""
-        if pending_fd is not None:
-            os.close(pending_fd)
-        if len(fds) == 1:
-            return fds[0]
-        for fd in fds:
-            os.close(fd)
-        return None
-
-    def _handle(self, item: ClientMessage | ProtocolError, pending_fd: int | None) -> int | None:
-        """Act on one decoded frame; returns the descriptor still pending (the connection's thread)."""
-        if isinstance(item, ProtocolError):
-            self.send(item.to_message())
-            if item.fatal:
-                self.alive = False
-            return pending_fd
-        if isinstance(item, Hello):
-            try:
-                self._hello(item, pending_fd)
-            finally:
-                if pending_fd is not None:
-                    os.close(pending_fd)
-            return None
-        verdict = self.session.receive(item)
-        if not verdict.accepted:
-            if verdict.reply is not None:
-                self.send(verdict.reply)
-            return pending_fd
-        if isinstance(item, Lookup):
-            self._lookup(item)
-        elif isinstance(item, Store | Load):
-            self._submit(item)
-        elif isinstance(item, Goodbye):
-            log.info("%s: goodbye (%s)", self.name, item.reason)
-            self.alive = False
-        elif verdict.reply is not None:
-            self.send(verdict.reply)
-        return pending_fd
-
-    def _hello(self, hello: Hello, fd: int | None) -> None:
-        size: int | None = None
-        if fd is not None:
-            info = os.fstat(fd)
-            problem = region_owner_problem(info.st_uid, info.st_mode, self.peer_uid())
-            if problem is not None:
-                log.warning("%s: hello from %s refused: %s", self.name, hello.instance_id, problem)
-                self.send(Error(code=ErrorCode.BAD_REGION, message=problem))
-                return
-            size = info.st_size
-        verdict = self.session.receive(hello, region_bytes=size)
-        if not verdict.accepted or fd is None or size is None:
-            if verdict.reply is not None:
-                self.send(verdict.reply)
-            return
-        try:
-            mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except (OSError, ValueError) as exc:
-            self.send(Error(code=ErrorCode.BAD_REGION, message=f"cannot map the region: {exc}", fatal=True))
-            self.alive = False
-            return
-        self.region = _Region(mapped, hello.profile.block_bytes)
-        self.namespace = self.server.namespace(hello.profile.namespace, hello.run_config)
-        log.info("%s: hello from %s (vllm %s)", self.name, hello.instance_id, hello.vllm_version)
-        if verdict.reply is not None:
-            self.send(verdict.reply)
-
-    def peer_uid(self) -> int:
-        """The user id of the process that connected (SO_PEERCRED, as of its connect)."""
-        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return int(uid)
-
-    def _lookup(self, lookup: Lookup) -> None:
-        assert self.namespace is not None
-        try:
-            answers = self.server.tier.lookup(self.namespace, lookup.keys, lookup.vllm_request_id)
-        except Exception as exc:
-            log.exception("%s: lookup failed", self.name)
-            error = ProtocolError(ErrorCode.INTERNAL, f"lookup failed: {exc}", request_id=lookup.request_id)
-            self.send(error.to_message())
-            return
-        self.send(lookup_reply(lookup.request_id, answers))
-
-    def _submit(self, job: Store | Load) -> None:
-        assert self.region is not None and self.namespace is not None
-        region = self.region
-        base, views = region.views(list(job.slots))
-        blocks = list(zip(job.keys, views, strict=True))
-        block_job = BlockJob(job.job_id, self.namespace, blocks, cancelled=self.gone)
-
-        def on_done(result: JobResult) -> None:
-            """Report the job and release its views (the tier's threads, or this one)."""
-            region.job_ended(base, views)
-            self._report(result)
-
-        submit = self.server.tier.submit_store if isinstance(job, Store) else self.server.tier.submit_load
-        try:
-            submit(block_job, on_done)
-        except Exception as exc:
-            region.job_ended(base, views)
-            self.session.finish(job.job_id)
-            error = ProtocolError(ErrorCode.INTERNAL, f"job not accepted: {exc}", job_id=job.job_id)
-            self.send(error.to_message())
-
-    def _report(self, result: JobResult) -> None:
-        """Send the JobDone, then the Drained it completes, in that order (the tier's threads)."""
-        with self.send_lock:
-            self._send_locked(job_done(result))
-            drained = self.session.finish(result.job_id)
-            if drained is not None:
-                self._send_locked(drained)
+    def __post_init__(self) -> None:
+        if min(self.max_connections, self.max_total_inflight_bytes, self.max_send_queue_bytes) < 1:
+            raise ValueError("limits must be positive")
+        if self.send_timeout_s <= 0:
+            raise ValueError("send_timeout_s must be positive")
 
 
 class AgentServer:
@@ -299,13 +80,15 @@ class AgentServer:
         *,
         agent_version: str,
         limits: Limits | None = None,
+        agent_limits: AgentLimits | None = None,
         expected_fingerprint: str | None = None,
         on_mismatch: Literal["reject", "warn"] = "reject",
         root_dir: str | os.PathLike[str] | None = None,
         on_mismatch_seen: MismatchSink | None = None,
     ) -> None:
-        """Bind and listen, then start the accept thread (the agent's main thread).
+        """Lock the path, bind and listen, then start the accept thread (the agent's main thread).
 
+        Raises `SocketPathError` when another agent serves the path or a non-socket occupies it.
         `root_dir` is the cache root the namespaces live under (default: the tier's `root_dir`).
         `on_mismatch_seen(instance, offered, expected, action)` hears of every Hello whose fingerprint
         differs (connection threads; it must not wait).
@@ -319,66 +102,193 @@ class AgentServer:
         self.tier = tier
         self.agent_version = agent_version
         self.limits = limits or Limits()
+        self.agent_limits = agent_limits or AgentLimits()
         self.expected_fingerprint = expected_fingerprint
         self.on_mismatch = on_mismatch
         self.on_mismatch_seen = on_mismatch_seen
         self.root_dir = Path(root)
         self._lock = threading.Lock()
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._namespaces: dict[str, Namespace] = {}
+        self._block_bytes: dict[str, int] = {}
+        self._refusals = collections.Counter[str]()
+        self._inflight_bytes = 0
+        self._buffered_bytes = 0
         self._count = 0
         self._closed = False
-        self._listener = self._bind()
+        self._socket_lock = SocketLock(self.socket_path)
+        self._listener, self._socket_identity = self._bind()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="tkv-api-accept", daemon=True)
         self._accept_thread.start()
 
-    def _bind(self) -> socket.socket:
+    @property
+    def closed(self) -> bool:
+        """True once `close` began (any thread)."""
+        return self._closed
+
+    # the connections' view of the limits
+    @property
+    def max_region_bytes(self) -> int:
+        return self.agent_limits.max_region_bytes
+
+    @property
+    def max_send_queue_bytes(self) -> int:
+        return self.agent_limits.max_send_queue_bytes
+
+    @property
+    def send_timeout_s(self) -> float:
+        return self.agent_limits.send_timeout_s
+
+    def _bind(self) -> tuple[socket.socket, tuple[int, int, int]]:
         parent = self.socket_path.parent
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         parent.chmod(SOCKET_DIR_MODE)
-        if self.socket_path.is_socket():
-            self.socket_path.unlink()  # a stale socket left by an agent that died
+        self._socket_lock.acquire()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            self._socket_lock.clear_stale()
             listener.bind(str(self.socket_path))
             self.socket_path.chmod(SOCKET_MODE)
             listener.listen(64)
-        except OSError:
+            identity = _identity(os.lstat(self.socket_path))
+        except BaseException:
             listener.close()
+            self._socket_lock.release()
             raise
-        return listener
+        return listener, identity
 
     def _accept_loop(self) -> None:
-        """Accept connections until `close` (the accept thread)."""
+        """Accept connections until `close`; no failure ends it (the accept thread)."""
         while True:
             try:
                 sock, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self._closed:
+            except OSError as exc:
+                if self.closed or exc.errno in (errno.EBADF, errno.EINVAL):
+                    return  # the listener is gone
+                self.refuse("accept_error", f"accept failed: {exc}")
+                time.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                self._admit(sock)
+            except Exception as exc:
+                self.refuse("accept_error", f"a connection could not be started: {exc!r}")
+                with contextlib.suppress(OSError):
                     sock.close()
-                    return
-                self._count += 1
-                connection = _Connection(self, sock, self._count)
-                self._connections.add(connection)
-            connection.thread.start()
+                time.sleep(ACCEPT_RETRY_S)
+            if self.closed:
+                return
 
-    def forget(self, connection: _Connection) -> None:
+    def _admit(self, sock: socket.socket) -> None:
+        """Start a Connection, or refuse it over `max_connections` (the accept thread)."""
+        with self._lock:
+            if self._closed:
+                sock.close()
+                return
+            full = len(self._connections) >= self.agent_limits.max_connections
+            if not full:
+                self._count += 1
+                connection = Connection(self, sock, self._count)
+                self._connections.add(connection)
+        if full:
+            limit = self.agent_limits.max_connections
+            text = f"the agent serves {limit} connections already (its limit); try again later"
+            self.refuse("connections", text)
+            _refuse_socket(sock, Error(code=ErrorCode.OVERLOADED, message=text, fatal=True))
+            return
+        try:
+            connection.start()
+        except BaseException:
+            self.forget(connection)
+            raise
+
+    def forget(self, connection: Connection) -> None:
         """A connection's reader ended (that reader's thread)."""
         with self._lock:
             self._connections.discard(connection)
 
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count and log one refusal (any thread); `reason` is one of agent_limits.REFUSAL_REASONS."""
+        if reason not in agent_limits.REFUSAL_REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        with self._lock:
+            self._refusals[reason] += 1
+        log.warning("refused (%s): %s", reason, detail)
+
+    def refusal_counts(self) -> dict[str, int]:
+        """Refusals so far by reason, every reason present (the metrics thread)."""
+        with self._lock:
+            return {reason: self._refusals[reason] for reason in agent_limits.REFUSAL_REASONS}
+
+    def reserve_inflight(self, nbytes: int) -> bool:
+        """Take `nbytes` of the agent-wide in-flight budget; False when it is spent (reader threads)."""
+        with self._lock:
+            if self._inflight_bytes + nbytes > self.agent_limits.max_total_inflight_bytes:
+                return False
+            self._inflight_bytes += nbytes
+            return True
+
+    def release_inflight(self, nbytes: int) -> None:
+        """Give back what `reserve_inflight` took (whichever thread ends the job)."""
+        with self._lock:
+            self._inflight_bytes -= nbytes
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self._inflight_bytes
+
+    def account_buffered(self, connection: Connection, buffered: int) -> bool:
+        """Record a connection's partial-frame bytes; False (and the connection refused) when the agent's
+        budget is spent and this connection holds more than its share (its reader thread)."""
+        limits = self.agent_limits
+        with self._lock:
+            self._buffered_bytes += buffered - connection.buffered
+            connection.buffered = buffered
+            over = (
+                self._buffered_bytes > limits.max_buffered_frame_bytes
+                and buffered > limits.buffered_frame_share_bytes
+            )
+        if over:
+            text = f"the agent's partial-frame budget is spent and this connection holds {buffered} bytes"
+            self.refuse("buffered_bytes", f"{connection.name}: {text}")
+            connection.send(Error(code=ErrorCode.OVERLOADED, message=text, fatal=True))
+            self.account_buffered(connection, 0)
+            connection.alive = False
+        return not over
+
     def check_hello(self, hello: Hello) -> str | None:
         """Why this profile is not served, or None (connection threads, under the session's lock)."""
         name = hello.profile.namespace
-        if not _NAMESPACE_NAME.match(name) or name in (".", ".."):
-            return f"namespace {name!r} is not a <model>_<digest12> directory name"
+        problem = namespace_name_problem(name)
+        if problem is not None:
+            self.refuse("namespace", problem)
+            return problem
         if hello.run_config is not None:
             try:
                 parse_run_config(name, hello.run_config)
             except ValueError as exc:
                 return str(exc)
+        problem = self._pin_block_bytes(name, hello.profile.block_bytes)
+        if problem is not None:
+            self.refuse("block_size", f"{hello.instance_id!r}: {problem}")
+            return problem
+        return self._check_fingerprint(hello)
+
+    def _pin_block_bytes(self, name: str, block_bytes: int) -> str | None:
+        """Pin the namespace's block size (the volume's blocks, else the first Hello); why it differs."""
+        with self._lock:
+            pinned = self._block_bytes.get(name)
+        if pinned is None:
+            found = existing_block_bytes(self.root_dir / blocks_dir_name(name))
+            with self._lock:
+                pinned = self._block_bytes.setdefault(name, found or block_bytes)
+        if pinned == block_bytes:
+            return None
+        return (
+            f"namespace {name!r} holds blocks of {pinned} bytes; this Hello declares {block_bytes} "
+            "(a different model shape or KV dtype under the same name?)"
+        )
+
+    def _check_fingerprint(self, hello: Hello) -> str | None:
         got, want = hello.profile.none_hash_fingerprint, self.expected_fingerprint
         if want is None or got == want:
             return None
@@ -386,9 +296,9 @@ class AgentServer:
         if self.on_mismatch_seen is not None:
             self.on_mismatch_seen(hello.instance_id, got, want, self.on_mismatch)
         if self.on_mismatch == "reject":
-            log.warning("%s: %s; refusing the Hello (on_mismatch=reject)", hello.instance_id, text)
+            log.warning("%r: %s; refusing the Hello (on_mismatch=reject)", hello.instance_id, text)
             return text
-        log.warning("%s: %s; accepting (on_mismatch=warn)", hello.instance_id, text)
+        log.warning("%r: %s; accepting (on_mismatch=warn)", hello.instance_id, text)
         return None
 
     def namespace(self, name: str, run_config: str | None = None) -> Namespace:
@@ -401,9 +311,7 @@ class AgentServer:
             found = self._namespaces.get(name)
             first_fields = found is None or (bool(fields) and not found.fields)
             if first_fields:
-                config_dir = self.root_dir / name
-                digest = name.rsplit("_", 1)[1]
-                found = Namespace(fields, digest, config_dir, config_dir.with_name(f"{name}_r0"))
+                found = namespace_at(self.root_dir, name, fields)
                 self._namespaces[name] = found
         assert found is not None
         if first_fields and fields:
@@ -416,10 +324,12 @@ class AgentServer:
             return len(self._connections)
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop accepting, say Goodbye to every connection and close it, bounded (the main thread).
+        """Stop accepting, say Goodbye to every connection and close it, in bounded time (main thread).
 
-        The tier is not shut down here; regions of jobs still in flight are unmapped when they end.
+        A client that does not read cannot hold this up: its Goodbye is dropped after `timeout_s`.
+        The tier is not shut down here; the regions of jobs still in flight are closed when they end.
         """
+        deadline = time.monotonic() + timeout_s
         with self._lock:
             self._closed = True
             connections = list(self._connections)
@@ -428,11 +338,37 @@ class AgentServer:
         self._listener.close()
         for connection in connections:
             connection.send(Goodbye(reason="agent shutting down"))
-            connection.alive = False
-            with contextlib.suppress(OSError):
-                connection.sock.shutdown(socket.SHUT_RDWR)
-        self._accept_thread.join(timeout_s)
+            connection.outbox.close()
         for connection in connections:
-            connection.thread.join(timeout_s)
+            connection.outbox.thread.join(max(0.0, deadline - time.monotonic()))
+        for connection in connections:
+            connection.kill("agent shutting down")
+        self._accept_thread.join(max(0.1, deadline - time.monotonic()))
+        for connection in connections:
+            connection.thread.join(max(0.1, deadline - time.monotonic()))
+        self._unlink_own_socket()
+        self._socket_lock.release()
+
+    def _unlink_own_socket(self) -> None:
+        """Remove the socket unless another agent's socket replaced it (main thread, at close)."""
+        if not self._socket_lock.held:
+            return  # the path is no longer ours to clean up
         with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+            if _identity(os.lstat(self.socket_path)) == self._socket_identity:
+                self.socket_path.unlink()
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    """What tells our socket file from another made at the same path later (inodes are reused)."""
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
+def _refuse_socket(sock: socket.socket, error: Error) -> None:
+    """Send a refusal without waiting for the client, then close (the accept thread)."""
+    try:
+        sock.setblocking(False)
+        sock.send(FrameEncoder().encode(error), socket.MSG_NOSIGNAL)
+    except OSError:
+        pass
+    finally:
+        sock.close()

@@ -48,7 +48,8 @@ from tieredkv_agent.api.protocol import (
     unsupported_version,
 )
 from tieredkv_agent.engine.index import LookupResult
-from tieredkv_agent.engine.jobs import JobResult
+from tieredkv_agent.engine.jobs import JobResult, KeyStatus
+from tieredkv_common.agent_limits import MAX_INFLIGHT_BYTES
 
 
 class State(enum.Enum):
@@ -71,9 +72,11 @@ class Limits:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_keys: int = MAX_KEYS
     max_inflight_jobs: int = MAX_INFLIGHT_JOBS
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
+    """Bytes (keys x block_bytes) of Store and Load jobs accepted and not yet finished."""
 
     def __post_init__(self) -> None:
-        if min(self.max_frame_bytes, self.max_keys, self.max_inflight_jobs) < 1:
+        if min(self.max_frame_bytes, self.max_keys, self.max_inflight_jobs, self.max_inflight_bytes) < 1:
             raise ValueError("limits must be positive")
 
 
@@ -83,6 +86,8 @@ class Verdict:
 
     accepted: bool
     reply: ServerMessage | None = None
+    refusal: str | None = None
+    """When a resource limit refused the message: the `reason` label it is counted under."""
 
 
 HelloCheck = Callable[[Hello], str | None]
@@ -146,7 +151,9 @@ class Session:
         self._hello: Hello | None = None
         self._slots = 0
         self._key_bytes = 0
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, int] = {}
+        """Job id -> its bytes (keys x block_bytes)."""
+        self._in_flight_bytes = 0
         self._drain_request: int | None = None
 
     @property
@@ -167,6 +174,11 @@ class Session:
         """Store and Load jobs accepted and not yet finished."""
         return len(self._in_flight)
 
+    @property
+    def in_flight_bytes(self) -> int:
+        """Their bytes (keys x block_bytes)."""
+        return self._in_flight_bytes
+
     def receive(self, message: ClientMessage, *, region_bytes: int | None = None) -> Verdict:
         """Judge one decoded message (the reader thread).
 
@@ -175,6 +187,8 @@ class Session:
         with self._lock:
             try:
                 return self._receive_locked(message, region_bytes)
+            except _LimitRefusalError as refusal:
+                return Verdict(False, refusal.error.to_message(), refusal.reason)
             except ProtocolError as error:
                 return Verdict(False, error.to_message())
 
@@ -186,7 +200,7 @@ class Session:
         with self._lock:
             if job_id not in self._in_flight:
                 raise ValueError(f"job {job_id} is not in flight")
-            self._in_flight.discard(job_id)
+            self._in_flight_bytes -= self._in_flight.pop(job_id)
             if self._state != State.DRAINING or self._in_flight or self._drain_request is None:
                 return None
             self._state = State.READY
@@ -248,6 +262,7 @@ class Session:
             max_frame_bytes=limits.max_frame_bytes,
             max_keys=limits.max_keys,
             max_inflight_jobs=limits.max_inflight_jobs,
+            max_inflight_bytes=limits.max_inflight_bytes,
         )
 
     def _check_batch(
@@ -281,7 +296,17 @@ class Session:
         if problem is not None:
             raise ProtocolError(problem[0], problem[1], job_id=job.job_id)
         check_slots(job.slots, self._slots, job_id=job.job_id)
-        self._in_flight.add(job.job_id)
+        assert self._hello is not None
+        nbytes = len(job.slots) * self._hello.profile.block_bytes
+        if self._in_flight_bytes + nbytes > self.limits.max_inflight_bytes:
+            text = (
+                f"a job of {nbytes} bytes exceeds this connection's in-flight limit of "
+                f"{self.limits.max_inflight_bytes} bytes ({self._in_flight_bytes} in flight)"
+            )
+            error = ProtocolError(ErrorCode.LIMIT_EXCEEDED, text, job_id=job.job_id)
+            raise _LimitRefusalError(error, "inflight_bytes")
+        self._in_flight[job.job_id] = nbytes
+        self._in_flight_bytes += nbytes
 
     def _job_problem(self, job: Store | Load) -> tuple[ErrorCode, str] | None:
         if len(self._in_flight) >= self.limits.max_inflight_jobs:
@@ -299,6 +324,15 @@ class Session:
             return Drained(request_id=drain.request_id)
         self._state, self._drain_request = State.DRAINING, drain.request_id
         return None
+
+
+class _LimitRefusalError(Exception):
+    """A resource limit refused a message: the Error to send and the refusal's metric reason."""
+
+    def __init__(self, error: ProtocolError, reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason
 
 
 def _hello_region(hello: Hello, region_bytes: int | None) -> int:
@@ -332,6 +366,20 @@ def lookup_reply(request_id: int, results: Sequence[LookupResult]) -> LookupRepl
     return LookupReply(request_id=request_id, results=bytes(map(_LOOKUP_CODES.__getitem__, results)))
 
 
+_FAILURE_REASONS = (
+    (KeyStatus.NO_SPACE, "no_space"),
+    (KeyStatus.REGION, "region"),
+    (KeyStatus.FAILED, "io_error"),
+)
+
+
+def failure_reason(statuses: Sequence[KeyStatus]) -> str:
+    """The JobDone's `reason`: the first of no_space, region, io_error any key failed with, else ""."""
+    present = set(statuses)
+    return next((reason for status, reason in _FAILURE_REASONS if status in present), "")
+
+
 def job_done(result: JobResult) -> JobDone:
     """The JobDone of a finished engine job (whichever thread sends it)."""
-    return JobDone.of(result.job_id, result.key_success, result.transfer_bytes, result.elapsed_s)
+    reason = failure_reason(result.statuses)
+    return JobDone.of(result.job_id, result.key_success, result.transfer_bytes, result.elapsed_s, reason)

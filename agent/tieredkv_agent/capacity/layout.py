@@ -5,9 +5,10 @@ agent write it (see `tieredkv_agent.store.naming`)::
 
     <root>/<model>_<digest12>/config.json                      config directory (never touched)
     <root>/<model>_<digest12>_r<rank>/<h[0:3]>/<h[3:5]>_g<group>/<h>.bin       block
-    ...                                        /<h>.bin_<decimal>.tmp          temp file of a store
+    ...                                        /<h>.bin_<decimal>[_w<tag>].tmp temp file of a store
     <root>/.o_direct_probe_<n>.tmp, <root>/<namespace dir>/.o_direct_probe_<n>.tmp   O_DIRECT probe
     <root>/.tieredkv-gc.lock                                    the local leader lock
+    <root>/.tieredkv-writers/<tag>.lock                         live writers (`store.writers`)
 
 Anything else is *unknown*: the capacity manager reports it and never deletes it.
 """
@@ -16,19 +17,23 @@ import enum
 import re
 
 from tieredkv_agent.store.blockio import TEMP_SUFFIX
+from tieredkv_agent.store.naming import parse_namespace_dir
+from tieredkv_agent.store.writers import WRITERS_DIR_NAME
 
 LOCK_FILE_NAME = ".tieredkv-gc.lock"
 """The file `FileLockElector` locks in the volume root; part of the layout, never reported."""
+
+ROOT_ENTRIES = frozenset({LOCK_FILE_NAME, WRITERS_DIR_NAME})
+"""Entries of the root that belong to the agent: the leader lock and the writers' lock directory."""
 
 CONFIG_FILE_NAME = "config.json"
 BLOCK_SUFFIX = ".bin"
 
 _HEX = "0-9a-f"
-_NAMESPACE = re.compile(rf"(?P<base>.+_[{_HEX}]{{12}})(?:_r(?P<rank>\d+))?")
 _PREFIX_DIR = re.compile(rf"[{_HEX}]{{3}}")
 _LEAF_DIR = re.compile(rf"[{_HEX}]{{2}}_g\d+")
 _HEX_NAME = re.compile(rf"[{_HEX}]{{5,}}")
-_BLOCK_TEMP = re.compile(rf"[{_HEX}]{{5,}}\.bin_\d+{re.escape(TEMP_SUFFIX)}")
+_BLOCK_TEMP = re.compile(rf"[{_HEX}]{{5,}}\.bin_\d+(?:_w[{_HEX}]{{16}})?{re.escape(TEMP_SUFFIX)}")
 _PROBE_TEMP = re.compile(rf"\.o_direct_probe_\w+{re.escape(TEMP_SUFFIX)}")
 
 
@@ -42,20 +47,20 @@ class Kind(enum.Enum):
 
 def namespace_base(dir_name: str) -> str | None:
     """`<model>_<digest12>` of a config or blocks directory name; None if the name is neither."""
-    match = _NAMESPACE.fullmatch(dir_name)
-    return match.group("base") if match else None
+    parsed = parse_namespace_dir(dir_name)
+    return parsed[0] if parsed else None
 
 
 def is_blocks_dir(dir_name: str) -> bool:
     """True for `<model>_<digest12>_r<rank>` (the directory that holds block files)."""
-    match = _NAMESPACE.fullmatch(dir_name)
-    return match is not None and match.group("rank") is not None
+    parsed = parse_namespace_dir(dir_name)
+    return parsed is not None and parsed[1] is not None
 
 
 def is_config_dir(dir_name: str) -> bool:
     """True for `<model>_<digest12>` (the directory that holds only config.json)."""
-    match = _NAMESPACE.fullmatch(dir_name)
-    return match is not None and match.group("rank") is None
+    parsed = parse_namespace_dir(dir_name)
+    return parsed is not None and parsed[1] is None
 
 
 def is_prefix_dir(dir_name: str) -> bool:

@@ -35,6 +35,11 @@ from tieredkv_agent.capacity.scan import Cutoffs, ScanResult, Usage, scan_volume
 
 log = logging.getLogger(__name__)
 
+FULL_GRACE_S = 1.0
+"""The grace period while the volume is full: relief comes before protecting blocks a few seconds old."""
+FULL_WINDOW_S = 60.0
+"""How long after the last no-space store passes run in full-volume mode."""
+
 
 @dataclass(frozen=True, slots=True)
 class Pressure:
@@ -157,6 +162,7 @@ class CapacityManager:
         self._pass_lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._full_until = float("-inf")
         self._thread: threading.Thread | None = None
         self._reset_metrics()
 
@@ -213,6 +219,13 @@ class CapacityManager:
         if self._elector is not None:
             self._elector.stop(release=release)
 
+    def volume_full(self) -> None:
+        """A store found no space (ENOSPC/EDQUOT): run a pass now, without the grace period blocking
+        relief (I/O worker threads; never waits). Passes within FULL_WINDOW_S of the last call do the same."""
+        self._full_until = self._clock() + FULL_WINDOW_S
+        if not self._wake.is_set():
+            self._wake.set()
+
     def _on_leader_change(self, leader: bool) -> None:
         """Elector thread: a new leader scans at once instead of after a full interval."""
         self._wake.set()
@@ -240,13 +253,18 @@ class CapacityManager:
             raise RuntimeError("only the GC leader may delete; use dry_run=True to preview")
         with self._pass_lock:
             started = time.monotonic()
-            cutoffs = Cutoffs.at(self._clock(), self.grace_s, self.temp_timeout_s)
+            full = self._clock() < self._full_until
+            grace_s = min(self.grace_s, FULL_GRACE_S) if full else self.grace_s
+            cutoffs = Cutoffs.at(self._clock(), grace_s, self.temp_timeout_s)
             scan = scan_volume(self.root, cutoffs, threads=self.scan_threads)
             fs = self._fs_usage(self.root) if self.watch_filesystem else None
             pressure = measure_pressure(
                 scan.bytes, self.max_bytes, fs, self.high_watermark, self.low_watermark
             )
-            plan = plan_eviction(scan.evictable, pressure.need_bytes, cutoffs.evictable_ns)
+            need = pressure.need_bytes
+            if full:  # a store found no space (a quota, say): free a watermark band even if none is crossed
+                need = max(need, int(scan.bytes * (1 - self.low_watermark / self.high_watermark)))
+            plan = plan_eviction(scan.evictable, need, cutoffs.evictable_ns)
             eviction = evict(
                 plan,
                 scan.prefix_dirs,

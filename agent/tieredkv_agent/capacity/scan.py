@@ -303,7 +303,7 @@ def _list_top(result: ScanResult) -> list[tuple[str, str]]:
             else:
                 result.config_dirs.add(base)
                 _list_config_dir(result, entry.path)
-        elif entry.name != layout.LOCK_FILE_NAME:
+        elif entry.name not in layout.ROOT_ENTRIES:
             _file_outside_hash_dirs(result, entry)
     result.prefix_dirs = [path for _, path in shards]
     return shards

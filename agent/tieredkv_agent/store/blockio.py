@@ -7,7 +7,8 @@ only a per-thread bounce buffer).
 Store (first writer wins, never a partial file under the final name)::
 
     exists(dest)? -> ALREADY_PRESENT
-    open(dest_<rand63>.tmp, O_CREAT|O_EXCL|O_WRONLY|O_TRUNC[|O_DIRECT]) ; one write ; [fdatasync] ; close
+    open(dest_<rand63>[_w<writer tag>].tmp, O_CREAT|O_EXCL|O_WRONLY|O_TRUNC[|O_DIRECT])
+        ; write all ; [fdatasync] ; close
     link(tmp, dest) ; unlink(tmp)   EEXIST -> ALREADY_PRESENT (another writer published it first)
     any error -> unlink tmp, IO_ERROR(errno)
 
@@ -37,6 +38,8 @@ import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from tieredkv_agent.store.modes import FILE_MODE, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,10 @@ class FileOps:
         Path(path).unlink()
 
     def makedirs(self, path: str) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        os.fchmod(fd, mode)
 
 
 DEFAULT_OPS = FileOps()
@@ -232,8 +238,16 @@ class BlockFiles:
     """
 
     def __init__(
-        self, *, direct: bool, durability: Durability = Durability.NONE, ops: FileOps = DEFAULT_OPS
+        self,
+        *,
+        direct: bool,
+        durability: Durability = Durability.NONE,
+        ops: FileOps = DEFAULT_OPS,
+        writer_tag: str = "",
     ) -> None:
+        """`writer_tag` (from `store.writers`) goes into every temp file name, so that the temp files of
+        this process can be swept as soon as it is provably gone."""
+        self._temp_suffix = f"_w{writer_tag}{TEMP_SUFFIX}" if writer_tag else TEMP_SUFFIX
         self.direct = bool(direct and O_DIRECT)
         self.durability = durability
         self._ops = ops
@@ -261,7 +275,7 @@ class BlockFiles:
         ops = self._ops
         if ops.exists(path):
             return _ALREADY_PRESENT
-        tmp = f"{path}_{secrets.randbits(63)}{TEMP_SUFFIX}"
+        tmp = f"{path}_{secrets.randbits(63)}{self._temp_suffix}"
         try:
             self._write_temp(tmp, view)
         except OSError as exc:
@@ -316,7 +330,7 @@ class BlockFiles:
                     bounce[:] = view
                     written = ops.write(fd, bounce)
             else:
-                written = ops.write(fd, view)
+                written = self._write_all(fd, view)
             if written != view.nbytes:
                 raise OSError(errno.EIO, f"short write: {written} of {view.nbytes} bytes")
             if self.durability is Durability.FDATASYNC:
@@ -324,13 +338,30 @@ class BlockFiles:
         finally:
             ops.close(fd)
 
+    def _write_all(self, fd: int, view: memoryview) -> int:
+        """Write all of `view` (buffered I/O), continuing after partial writes: a filling volume ends a
+        partial write with the next call's ENOSPC or EDQUOT, which is raised as such."""
+        written = 0
+        while written < view.nbytes:
+            count = self._ops.write(fd, view[written:])
+            if count <= 0:
+                break
+            written += count
+        return written
+
     def _create(self, tmp: str, flags: int) -> int:
         """Open the temp file, creating the block's directories on the first ENOENT."""
         try:
-            return self._ops.open(tmp, flags, 0o644)
+            fd = self._ops.open(tmp, flags, FILE_MODE)
         except FileNotFoundError:
             self._ops.makedirs(tmp.rpartition("/")[0])
-            return self._ops.open(tmp, flags, 0o644)
+            fd = self._ops.open(tmp, flags, FILE_MODE)
+        try:
+            self._ops.fchmod(fd, FILE_MODE)  # the umask is not ours to trust
+        except OSError:
+            self._ops.close(fd)
+            raise
+        return fd
 
     def _discard(self, path: str) -> None:
         with suppress(OSError):

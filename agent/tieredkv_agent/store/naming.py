@@ -17,10 +17,12 @@ scheduler-side tier writes.
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tieredkv_agent.store.modes import FILE_MODE, make_dirs
 from tieredkv_common.vllm_facts import NAMING_FIELDS, FieldSchema
 from tieredkv_common.vllm_lines import FIRST_TIERED_RELEASE, parse_release
 
@@ -38,7 +40,10 @@ __all__ = [
     "config_json_text",
     "ensure_namespace",
     "make_offload_key",
+    "namespace_at",
     "namespace_for",
+    "namespace_name_problem",
+    "parse_namespace_dir",
     "parse_vllm_release",
     "run_config_fields",
     "safe_model_name",
@@ -148,6 +153,50 @@ class Namespace:
         return block_path(self.blocks_dir, key)
 
 
+BLOCKS_RANK = 0
+"""The rank of every blocks directory the scheduler-side tier writes (see `namespace_for`)."""
+MAX_DIR_NAME_BYTES = 255
+_DIGEST_DIGITS = 12
+_NAMESPACE_DIR = re.compile(r"(?P<base>.+_[0-9a-f]{12})(?:_r(?P<rank>[0-9]+))?", re.DOTALL)
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/]")
+
+
+def blocks_dir_name(base: str, rank: int = BLOCKS_RANK) -> str:
+    """`<safe_model>_<digest12>_r<rank>`: the directory that holds a namespace's block files."""
+    return f"{base}_r{rank}"
+
+
+def parse_namespace_dir(dir_name: str) -> tuple[str, int | None] | None:
+    """(`<model>_<digest12>`, rank or None) of a config (rank None) or blocks directory name; else None."""
+    match = _NAMESPACE_DIR.fullmatch(dir_name)
+    if match is None:
+        return None
+    rank = match.group("rank")
+    return match.group("base"), None if rank is None else int(rank)
+
+
+def namespace_name_problem(name: str) -> str | None:
+    """Why `name` is no `<safe_model>_<digest12>` namespace this agent serves, or None.
+
+    Besides the shape: no `/`, NUL or other control character (a newline would forge log lines and
+    escape GC's name matching), not `.` or `..`, and short enough that its blocks directory name fits.
+    """
+    parsed = parse_namespace_dir(name)
+    if parsed is None or parsed[1] is not None or name in (".", ".."):
+        return f"namespace {name!r} is not a <model>_<digest12> directory name"
+    if _FORBIDDEN.search(name) or name.startswith("."):
+        return f"namespace {name!r} contains a control character, '/', or starts with '.'"
+    if len(blocks_dir_name(name).encode("utf-8", "surrogateescape")) > MAX_DIR_NAME_BYTES:
+        return f"namespace {name[:40]!r}... is too long for a directory name"
+    return None
+
+
+def namespace_at(root: str | os.PathLike[str], name: str, fields: dict[str, object]) -> Namespace:
+    """The Namespace of a checked namespace directory name under `root` (see `namespace_name_problem`)."""
+    config_dir = Path(root) / name
+    return Namespace(fields, name[-_DIGEST_DIGITS:], config_dir, config_dir.with_name(blocks_dir_name(name)))
+
+
 def namespace_for(root: str | os.PathLike[str], config: RunConfig, *, rank: int = 0) -> Namespace:
     """The namespace of `config` under `root`; `rank` is forced to 0 when parallel-agnostic.
 
@@ -172,9 +221,10 @@ def ensure_namespace(namespace: Namespace) -> bool:
     Called once from the agent's startup thread. The file is informative only (nothing reads it
     back), so like vLLM the first writer wins; the exclusive create keeps two writers from mixing.
     """
-    namespace.config_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(namespace.config_dir)
     try:
         with (namespace.config_dir / "config.json").open("x", encoding="ascii") as out:
+            os.fchmod(out.fileno(), FILE_MODE)
             out.write(config_json_text(namespace.fields))
     except FileExistsError:
         return False

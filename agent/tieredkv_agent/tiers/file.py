@@ -11,6 +11,7 @@ Threads: see `tieredkv_agent.tiers.base`; block I/O runs on the pool's `tkv-io-*
 checks on the index's `tkv-index-*` threads.
 """
 
+import errno
 import logging
 import os
 import threading
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from tieredkv_agent import metrics
 from tieredkv_agent.capacity.touch import touch_on_hit
 from tieredkv_agent.engine.admission import DEFAULT_MAX_TRACKER_SIZE, AdmissionFilter, AdmissionStats
 from tieredkv_agent.engine.index import IndexStats, LookupIndex, LookupResult
@@ -45,6 +45,22 @@ DEFAULT_WRITE_THREADS = 4
 local disk; a network volume needs more requests in flight, so 4 + 4 costs nothing here and helps there."""
 DEFAULT_MAX_STORE_BACKLOG_BYTES = 1 << 30
 """About 0.3-0.5 s of stores at this machine's 2-4 GB/s; beyond that a store is dropped, not queued."""
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A store failing with these found the volume full (or the writer's quota spent): KeyStatus.NO_SPACE."""
+NO_SPACE_LOG_INTERVAL_S = 10.0
+
+BlockTimer = Callable[[str, float], None]
+"""Hears the duration of each block store or load: (op, seconds) (I/O worker threads)."""
+
+
+def _no_timer(op: str, seconds: float) -> None:
+    """The default `BlockTimer`: nothing is observed."""
+
+
+def _nothing() -> None:
+    """The default `on_no_space`: nobody is told."""
+
 
 _STORE_STATUS = {
     StoreStatus.STORED: KeyStatus.DONE,
@@ -74,9 +90,22 @@ class FileTierStats:
 class _BlockIO:
     """The pool's block handler: one file per block, with the index kept up to date."""
 
-    def __init__(self, files: BlockFiles, index: LookupIndex) -> None:
+    def __init__(
+        self, files: BlockFiles, index: LookupIndex, timer: BlockTimer, on_no_space: Callable[[], None]
+    ) -> None:
         self._files = files
         self._index = index
+        self._timer = timer
+        self._tell_no_space = on_no_space
+        self._no_space_logged = -NO_SPACE_LOG_INTERVAL_S
+
+    def _on_no_space(self) -> None:
+        """A store found the volume full: tell the capacity manager, log at most every 10 s."""
+        self._tell_no_space()
+        now = time.monotonic()
+        if now - self._no_space_logged >= NO_SPACE_LOG_INTERVAL_S:
+            self._no_space_logged = now
+            log.error("the cache volume is full (ENOSPC/EDQUOT): stores fail until GC frees space")
 
     def run_block(self, state: JobState, index: int) -> KeyStatus:
         """Store or load one block (I/O worker threads)."""
@@ -85,15 +114,18 @@ class _BlockIO:
         try:
             return self._run(state, key, path, view)
         finally:
-            metrics.BLOCK_IO_SECONDS.labels(op=state.kind.value).observe(time.monotonic() - started)
+            self._timer(state.kind.value, time.monotonic() - started)
 
     def _run(self, state: JobState, key: bytes, path: str, view: memoryview) -> KeyStatus:
         if state.kind is JobKind.STORE:
             stored = self._files.store(path, view)
             if stored.ok:
                 self._index.add(state.namespace, (key,))
-            else:
-                log.warning("store of %s failed: %s", path, stored.detail)
+                return _STORE_STATUS[stored.status]
+            if stored.errno in NO_SPACE_ERRNOS:
+                self._on_no_space()
+                return KeyStatus.NO_SPACE
+            log.warning("store of %s failed: %s", path, stored.detail)
             return _STORE_STATUS[stored.status]
         loaded = self._files.load(path, view)
         if loaded.ok:
@@ -130,15 +162,23 @@ class FileTier:
         ops: FileOps = DEFAULT_OPS,
         clock: Callable[[], float] = time.monotonic,
         background_index: bool = True,
+        block_timer: BlockTimer = _no_timer,
+        on_no_space: Callable[[], None] = _nothing,
+        writer_tag: str = "",
     ) -> None:
         """Probe the volume, start the I/O and index threads (agent's main thread).
 
         `direct=None` probes `root_dir` for O_DIRECT. `clock` and `background_index=False` are for tests.
+        `block_timer` hears each block's I/O time (the agent's histogram); `on_no_space` is called on
+        every store that found the volume full (I/O worker threads; it must not wait); `writer_tag` tags
+        the temp file names (see `tieredkv_agent.store.writers`).
         """
         self.root_dir = Path(root_dir)
         self.root_dir.mkdir(parents=True, exist_ok=True)
         use_direct = probe_o_direct(self.root_dir, ops=ops) if direct is None else direct
-        self._files = BlockFiles(direct=use_direct, durability=Durability(durability), ops=ops)
+        self._files = BlockFiles(
+            direct=use_direct, durability=Durability(durability), ops=ops, writer_tag=writer_tag
+        )
         self._shutdown_timeout_s = shutdown_timeout_s
         self._index = LookupIndex(
             ops=ops,
@@ -152,7 +192,7 @@ class FileTier:
         try:
             self._admission = AdmissionFilter(threshold=store_threshold, max_tracker_size=max_tracker_size)
             self._pool = DualPriorityPool(
-                _BlockIO(self._files, self._index),
+                _BlockIO(self._files, self._index, block_timer, on_no_space),
                 read_threads=read_threads,
                 write_threads=write_threads,
                 max_store_backlog_bytes=max_store_backlog_bytes,

@@ -11,9 +11,11 @@
     acquire(keys)  ready entries are pinned for reading (readers += 1) and become the newest;
     release(slots) readers -= 1
 
-N = capacity_bytes // block_bytes, sized by the first block size the pool sees (`accepts`): blocks of other
-sizes bypass the pool. The memory is pinned when CUDA is available, plain (and touched only when used)
-otherwise. The pool copies nothing itself: the layered tier moves the bytes with the copy engine.
+N = capacity_bytes // block_bytes, sized by the configured block size, else by the first block size of
+at least `min_block_bytes` the pool sees (`accepts`): blocks of other sizes bypass the pool. The memory is
+`capacity_bytes` whatever a client declares, and N is at most RAM_MAX_SLOTS, so the index is bounded too.
+The memory is pinned when CUDA is available, plain (and touched only when used) otherwise. The pool
+copies nothing itself: the layered tier moves the bytes with the copy engine.
 
 Threads: every method may run on any thread (connection threads, tier I/O workers, copy-engine threads);
 one lock guards the index, per batch of keys, and nothing waits for I/O under it.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from tieredkv_agent.copy.plan import CopyError
 from tieredkv_agent.copy.spaces import BlockSpace, unregister
+from tieredkv_common.agent_limits import RAM_MAX_SLOTS, RAM_MIN_BLOCK_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +104,16 @@ class RamPool:
             raise CopyError("the RAM pool has no memory yet")
         return self._space
 
+    @property
+    def min_block_bytes(self) -> int:
+        """Smaller blocks bypass the pool: its slot count, so its index, stays bounded in any case."""
+        return max(RAM_MIN_BLOCK_BYTES, -(-self.capacity_bytes // RAM_MAX_SLOTS))
+
     def accepts(self, block_bytes: int, count: int = 1) -> bool:
-        """True if blocks of this size are cached; the first call sizes and allocates the pool."""
+        """True if blocks of this size are cached; the first call with a size of at least
+        `min_block_bytes` sizes and allocates the pool."""
         with self._lock:
-            if self._space is None and not self._disabled:
+            if self._space is None and not self._disabled and block_bytes >= self.min_block_bytes:
                 self._allocate(block_bytes)
             fits = self._space is not None and self._space.block_bytes == block_bytes
             if not fits:

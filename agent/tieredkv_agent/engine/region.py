@@ -1,0 +1,128 @@
+"""A client's region, read and written through its file descriptor: the agent never maps client memory.
+
+A vLLM instance hands the agent its CPU region (`/dev/shm/vllm_offload_<engine>.mmap`) as a descriptor.
+Mapping it would let the client kill the agent: a file truncated after the Hello turns every access past
+its new end into SIGBUS. So the agent copies through the kernel instead::
+
+    store  ClientRegion.read_slots(slots, staging)   preadv(region fd) -> the job's staging buffer
+           (the tiers then write the staging buffer to files and the RAM pool)
+    load   the tiers fill the staging buffer; ClientRegion.write_slots(slots, staging, which)
+           pwritev(staging) -> region fd, only for the keys that were loaded
+
+A short read or write (the client shrank or lost its file) raises `RegionError`: the job fails for that
+client alone. Staging buffers are anonymous page-aligned mappings owned by the agent (O_DIRECT can use
+them in place); their total is bounded by the in-flight byte limits of the socket server.
+
+Threads: `read_slots` runs on the connection's reader thread, `write_slots` on its writer thread (the
+outbox), `retain`/`release` on either; pread/pwrite on one descriptor are safe concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+from collections.abc import Iterator, Sequence
+
+
+class RegionError(Exception):
+    """The client's region could not be read or written as a whole (its file shrank, or I/O failed)."""
+
+
+def _runs(slots: Sequence[int], indices: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(first job index, first slot, count) of runs where job indices and slots both ascend by one."""
+    start = 0
+    for position in range(1, len(indices) + 1):
+        if (
+            position == len(indices)
+            or indices[position] != indices[position - 1] + 1
+            or slots[indices[position]] != slots[indices[position - 1]] + 1
+        ):
+            yield indices[start], slots[indices[start]], position - start
+            start = position
+
+
+class ClientRegion:
+    """One connection's region by descriptor; the descriptor is closed after the last job releases it."""
+
+    def __init__(self, fd: int, size: int, block_bytes: int) -> None:
+        """Take ownership of `fd` (the connection's reader thread, at the Hello)."""
+        self.fd = fd
+        self.size = size
+        self.block_bytes = block_bytes
+        self._lock = threading.Lock()
+        self._users = 1  # the connection itself
+        self._closed = False
+
+    def retain(self) -> None:
+        """A job starts using the region (reader thread)."""
+        with self._lock:
+            if self._closed:
+                raise RegionError("the region was released")
+            self._users += 1
+
+    def release(self) -> None:
+        """A job, or the connection, stops using the region; the last one closes the descriptor."""
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0 and not self._closed
+            if last:
+                self._closed = True
+        if last:
+            os.close(self.fd)
+
+    def read_slots(self, slots: Sequence[int], staging: memoryview) -> None:
+        """Copy slots[i] of the region into block i of `staging`; RegionError on a short read."""
+        size = self.block_bytes
+        for first, slot, count in _runs(slots, range(len(slots))):
+            target = staging[first * size : (first + count) * size]
+            try:
+                got = os.preadv(self.fd, [target], slot * size)
+            except OSError as exc:
+                raise RegionError(f"reading slots {slot}..{slot + count - 1} failed: {exc}") from exc
+            if got != target.nbytes:
+                raise RegionError(
+                    f"short read of slots {slot}..{slot + count - 1}: {got} of {target.nbytes} bytes "
+                    "(the region file shrank)"
+                )
+
+    def write_slots(self, slots: Sequence[int], staging: memoryview, which: Sequence[int]) -> None:
+        """Copy block i of `staging` into slots[i] of the region for every i in `which` (ascending)."""
+        size = self.block_bytes
+        if not which:
+            return
+        try:
+            current = os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise RegionError(f"the region cannot be inspected: {exc}") from exc
+        if current < self.size:
+            raise RegionError(f"the region file shrank from {self.size} to {current} bytes")
+        for first, slot, count in _runs(slots, which):
+            source = staging[first * size : (first + count) * size]
+            try:
+                put = os.pwritev(self.fd, [source], slot * size)
+            except OSError as exc:
+                raise RegionError(f"writing slots {slot}..{slot + count - 1} failed: {exc}") from exc
+            if put != source.nbytes:
+                raise RegionError(
+                    f"short write of slots {slot}..{slot + count - 1}: {put} of {source.nbytes}"
+                )
+
+
+class Staging:
+    """An agent-owned, page-aligned buffer of `count` blocks and its per-block views (one job's bytes)."""
+
+    def __init__(self, count: int, block_bytes: int) -> None:
+        self.nbytes = count * block_bytes
+        self._map = mmap.mmap(-1, max(self.nbytes, 1))
+        self.base = memoryview(self._map)[: self.nbytes]
+        self.views = [self.base[index * block_bytes : (index + 1) * block_bytes] for index in range(count)]
+
+    def close(self) -> None:
+        """Free the buffer once no tier uses the views any more (whichever thread ends the job)."""
+        for view in self.views:
+            view.release()
+        self.base.release()
+        with contextlib.suppress(BufferError):  # a view escaped (a copy holds it): the collector frees it
+            self._map.close()
