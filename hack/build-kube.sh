@@ -32,7 +32,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tieredkv-kube-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)
 step() { echo "[build-kube $(( $(date +%s) - started ))s] $*"; }
-step "building Kubernetes $KUBE_VERSION into $OUT (once per machine; about 15-25 min on 2 cores, mostly compiling)"
+step "building Kubernetes $KUBE_VERSION into $OUT (once per machine: about 6 min on an idle 2-core machine, up to 15 under load)"
 
 # Toolchain: Go 1.19 from bookworm, plus two Go libraries newer than the vendored ones: reflect2 1.0.2 (the
 # vendored 1.0.1 faults under Go >= 1.18 on the first custom-object write) and json-iterator 1.1.12 (the
