@@ -18,7 +18,7 @@ from tieredkv_agent.api.server import AgentServer
 from tieredkv_agent.api.session import Limits, Session
 from tieredkv_agent.api.socket_lock import SocketLock, SocketPathError
 from tieredkv_agent.capacity import CapacityManager, layout
-from tieredkv_agent.engine.region import ClientRegion, RegionError, Staging
+from tieredkv_agent.engine.region import ClientRegion, RegionError, Staging, StagingCache, size_class
 from tieredkv_agent.store.blockio import BlockFiles
 from tieredkv_agent.store.naming import (
     KvCacheGroup,
@@ -141,6 +141,19 @@ def test_region_reads_and_writes_go_through_the_descriptor_and_a_shrunk_file_fai
             region.write_slots([2], staging.base, [0])
         staging.close()
         region.release()
+
+
+def test_staging_buffers_are_reused_up_to_the_idle_bound() -> None:
+    cache = StagingCache(max_idle_bytes=size_class(3 * BLOCK))
+    first = Staging(3, BLOCK, cache)
+    mapping = first._map
+    first.close()
+    assert cache.idle_bytes == size_class(3 * BLOCK)
+    second, third = Staging(3, BLOCK, cache), Staging(3, BLOCK, cache)
+    assert second._map is mapping and third._map is not mapping
+    second.close()
+    third.close()  # over the idle bound: unmapped, not kept
+    assert cache.idle_bytes == size_class(3 * BLOCK)
 
 
 @pytest.fixture
