@@ -100,7 +100,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 
 def test_the_temp_files_of_dead_writers_are_swept_at_start_and_the_others_kept(agent: AgentProcess) -> None:
     deadline = time.monotonic() + 30
-    while "temp files" not in agent.log() and time.monotonic() < deadline:
+    while "dead writers in" not in agent.log() and time.monotonic() < deadline:
         time.sleep(0.1)
     temps = {path.name for path in agent.store.rglob("*.tmp")}
     assert temps == {f"{'f' * 64}.bin_1_w{LIVE_TAG}.tmp", f"{'f' * 64}.bin_2.tmp"}
