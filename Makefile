@@ -9,7 +9,7 @@ TIEREDKV_CACHE ?= $(HOME)/.cache/tieredkv
 export TIEREDKV_CACHE
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help venv kube tools deps lint typecheck imports test-unit test-k8s test-gpu test-vllm vllm-env test \
+.PHONY: help venv kube tools gluster test-gluster deps lint typecheck imports test-unit test-k8s test-gpu test-vllm vllm-env test \
         cluster-up cluster-down cluster-status demo demo-down crds clean prometheus chart-crds chart-lint
 
 help:  ## this list
@@ -49,7 +49,12 @@ crds: venv  ## regenerate crds/ from the pydantic model, and the chart's copy
 	$(BIN)/python -m tieredkv_operator.crd > crds/tieredkv.io_tieredkvcaches.yaml
 	$(MAKE) --no-print-directory chart-crds
 
-deps: venv kube tools prometheus  ## everything the local cluster needs
+# Debian's glusterfs-server and glusterfs-client, installed with apt-get but never started as a service: the
+# cluster runs its own glusterd behind the `tieredkv-gluster` StorageClass (docs/dev-cluster.md).
+gluster:  ## GlusterFS server and FUSE client (apt-get; no service is started or enabled)
+	bash hack/get-gluster.sh
+
+deps: venv kube tools prometheus gluster  ## everything the local cluster needs
 
 # The chart ships a copy of crds/ (a unit test fails when they differ): refresh it after regenerating.
 chart-crds:  ## copy crds/ into the chart

@@ -1,5 +1,6 @@
 """Bring the local control plane up and down: etcd, kube-apiserver, controller-manager, scheduler and the
-node simulator, all on 127.0.0.1, all recorded in <state>/cluster.json so `down` stops only those.
+node simulator, all on 127.0.0.1, and (when enabled) a private GlusterFS server for the `tieredkv-gluster`
+StorageClass; all recorded in <state>/cluster.json so `down` stops only those.
 
 Called from the CLI (`python -m tieredkv_devcluster up|down|status`) and from the pytest session fixture.
 """
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tieredkv_devcluster import paths, pki, procs
+from tieredkv_devcluster import gluster, paths, pki, procs
+from tieredkv_devcluster.gluster import GlusterInfo
 from tieredkv_devcluster.paths import StateLayout
 
 # Order matters: started in this order, stopped in reverse.
@@ -36,6 +38,7 @@ class Cluster:
     nodes: int = 2
     processes: list[procs.ProcessRecord] = field(default_factory=list)
     started_at: float = 0.0
+    gluster: GlusterInfo | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -51,6 +54,7 @@ class Cluster:
             "nodes": self.nodes,
             "started_at": self.started_at,
             "processes": [p.to_json() for p in self.processes],
+            "gluster": self.gluster.to_json() if self.gluster else None,
         }
         self.layout.state_file.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -66,13 +70,15 @@ class Cluster:
             nodes=int(data.get("nodes", 2)),
             processes=[procs.ProcessRecord.from_json(p) for p in data["processes"]],
             started_at=float(data.get("started_at", 0.0)),
+            gluster=GlusterInfo.from_json(data["gluster"]) if data.get("gluster") else None,
         )
 
     def running(self) -> list[str]:
         return [p.name for p in self.processes if p.alive()]
 
     def healthy(self) -> bool:
-        return set(self.running()) == set(COMPONENTS) and apiserver_ready(self)
+        expected = {p.name for p in self.processes} | set(COMPONENTS)
+        return set(self.running()) == expected and apiserver_ready(self)
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory of each live component (children of the simulator excluded)."""
@@ -216,14 +222,32 @@ def _argv(cluster: Cluster, name: str, bindir: Path) -> list[str]:
 
 def _fresh_runtime_dirs(layout: StateLayout) -> None:
     """A cluster that is (re)started gets a fresh etcd and fresh volumes; the PKI is kept."""
-    for d in (layout.etcd_data, layout.volumes, layout.nodes, layout.pods):
+    for d in (layout.etcd_data, layout.volumes, layout.nodes, layout.pods, layout.gluster):
         if d.exists():
             subprocess.run(["rm", "-rf", "--one-file-system", str(d)], check=False)
     layout.logs.mkdir(parents=True, exist_ok=True)
 
 
-def up(state_dir: Path | None = None, nodes: int = 2, log: Callable[[str], None] = print) -> Cluster:
-    """Start the cluster unless it already runs healthy in `state_dir` (idempotent)."""
+def gluster_wanted(explicit: bool | None = None) -> bool:
+    """Whether a cluster runs GlusterFS: `explicit`, else $TIEREDKV_GLUSTER (1 or 0), else if installed."""
+    if explicit is not None:
+        return explicit
+    setting = os.environ.get("TIEREDKV_GLUSTER", "")
+    if setting in ("0", "1"):
+        return setting == "1"
+    return not gluster.missing_binaries()
+
+
+def up(
+    state_dir: Path | None = None,
+    nodes: int = 2,
+    log: Callable[[str], None] = print,
+    with_gluster: bool | None = None,
+) -> Cluster:
+    """Start the cluster unless it already runs healthy in `state_dir` (idempotent).
+
+    `with_gluster` (default: `gluster_wanted()`) adds the GlusterFS server behind `tieredkv-gluster`.
+    """
     layout = StateLayout(state_dir or paths.default_state_dir())
     existing = Cluster.load(layout)
     if existing is not None and existing.healthy():
@@ -243,6 +267,10 @@ def up(state_dir: Path | None = None, nodes: int = 2, log: Callable[[str], None]
         "PYTHONPATH": os.pathsep.join([str(paths.REPO_ROOT / "hack"), os.environ.get("PYTHONPATH", "")]),
     }
     try:
+        if gluster_wanted(with_gluster):
+            cluster.gluster, records = gluster.start_server(layout.gluster)
+            cluster.processes += records
+            cluster.save()
         for name in COMPONENTS:
             _proc, record = procs.spawn(
                 name, _argv(cluster, name, bindir), layout.logs / f"{name}.log", env=env
@@ -272,9 +300,13 @@ def down(state_dir: Path | None = None, log: Callable[[str], None] = print) -> N
     if cluster is None:
         log("no cluster recorded")
         return
-    for record in reversed(cluster.processes):
+    ours = [p for p in cluster.processes if not p.name.startswith("gluster")]
+    for record in reversed(ours):
         procs.stop(record, group=record.name == "node-simulator")
     stop_leftover_pods(layout)
+    if cluster.gluster is not None:  # after the pods: they may hold its mounts
+        kept = [p for p in cluster.processes if p.name.startswith("gluster")]
+        gluster.stop_server(cluster.gluster, kept, layout.root)
     stop_extras(layout)
     (layout.root / "sim.ready").unlink(missing_ok=True)
     layout.state_file.unlink(missing_ok=True)
@@ -315,6 +347,7 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
         "kubeconfig": str(cluster.kubeconfig),
         "server": cluster.server,
         "components": {p.name: ("running" if p.alive() else "stopped") for p in cluster.processes},
+        "gluster": cluster.gluster.to_json() if cluster.gluster else None,
         "rss_mib": {k: round(v / 2**20, 1) for k, v in cluster.rss_bytes().items()},
         "tools": str(paths.tools_dir()),
     }

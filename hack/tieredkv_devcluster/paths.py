@@ -97,6 +97,15 @@ class StateLayout:
         return self.root / "nodes"
 
     @property
+    def gluster(self) -> Path:
+        """The private GlusterFS server: glusterd's directories, the bricks, client records (gluster.py)."""
+        return self.root / "gluster"
+
+    def gluster_mount(self, node: str, volume: str) -> Path:
+        """Where node `node`'s own FUSE client mounts gluster volume `volume`."""
+        return self.nodes / node / "gluster" / volume
+
+    @property
     def pods(self) -> Path:
         """Per-pod scratch: emptyDir volumes and materialised Secret/ConfigMap volumes."""
         return self.root / "pods"

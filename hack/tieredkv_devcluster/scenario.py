@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tieredkv_devcluster import paths, testing
+from tieredkv_devcluster.sim.volumes import gluster_path
 
 QUICKSTART = paths.REPO_ROOT / "docs" / "examples" / "quickstart.yaml"
 ENGINE_CONTAINER = "vllm"
@@ -175,9 +176,19 @@ def volume_files(kube: testing.TestCluster, namespace: str, claim: str) -> Volum
     if not volume or kube.layout is None:
         return None
     pv = json.loads(kube.kubectl("get", "pv", volume, "-o", "json"))
-    source = pv["spec"].get("hostPath") or pv["spec"].get("local") or {}
-    root = Path(source.get("path", ""))
-    return VolumeFiles(root, sorted(_blocks(root))) if root.is_dir() else None
+    root = pv_directory(kube, pv)
+    return VolumeFiles(root, sorted(_blocks(root))) if root is not None and root.is_dir() else None
+
+
+def pv_directory(kube: testing.TestCluster, pv: dict[str, Any], node: str = "tkv-node-1") -> Path | None:
+    """A PV's directory on this machine: a hostPath's own, or a glusterfs PV's through `node`'s client.
+
+    `pv` is the object as JSON or as the client's `to_dict()` (snake_case keys)."""
+    spec = pv["spec"]
+    if (gluster_source := spec.get("glusterfs")) and kube.layout is not None:
+        return gluster_path(kube.layout.nodes / node, gluster_source["path"])
+    source = spec.get("hostPath") or spec.get("host_path") or spec.get("local") or {}
+    return Path(source["path"]) if source.get("path") else None
 
 
 def _blocks(root: Path) -> Iterator[Path]:

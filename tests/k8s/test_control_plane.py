@@ -12,7 +12,8 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.k8s.crds import WIDGET_CRD
-from tieredkv_devcluster import testing
+from tieredkv_devcluster import gluster, scenario, testing
+from tieredkv_devcluster.sim import GLUSTER_STORAGE_CLASS, STORAGE_CLASS
 
 pytestmark = pytest.mark.k8s
 
@@ -197,16 +198,24 @@ def test_a_pod_with_the_run_annotation_runs_its_command_logs_and_stops_on_delete
     testing.wait_for(gone, 30, "the pod object to be removed")
 
 
+@pytest.mark.parametrize("storage_class", [STORAGE_CLASS, GLUSTER_STORAGE_CLASS])
 def test_nodes_share_a_pvc_but_each_node_has_its_own_host_path(
-    kube: testing.TestCluster, api: client.ApiClient, ns: str
+    kube: testing.TestCluster, api: client.ApiClient, ns: str, storage_class: str
 ) -> None:
+    """Through gluster, each node's pod sees the claim through its own node's FUSE client (device)."""
     assert kube.layout is not None, "needs the local simulator"
+    if storage_class == GLUSTER_STORAGE_CLASS and not gluster.gluster_mounts(kube.layout.root):
+        pytest.skip("this cluster runs without GlusterFS (TIEREDKV_GLUSTER=0 or not installed)")
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     core.create_namespaced_persistent_volume_claim(
         ns,
         {
             "metadata": {"name": "shared"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": storage_class,
+            },
         },
     )
     testing.wait_for(
@@ -214,10 +223,11 @@ def test_nodes_share_a_pvc_but_each_node_has_its_own_host_path(
         30,
         "the claim to be bound by the PV controller",
     )
+    write = "echo $(NODE) `stat -c %d /shared` > /shared/$(NODE); echo $(NODE) > /host/mine; sleep 600"
     container = {
         "name": "c",
         "image": "example/none",
-        "command": ["sh", "-c", "echo $(NODE) > /shared/$(NODE); echo $(NODE) > /host/mine; sleep 600"],
+        "command": ["sh", "-c", write],
         "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "volumeMounts": [{"name": "s", "mountPath": "/shared"}, {"name": "h", "mountPath": "/host"}],
     }
@@ -227,16 +237,27 @@ def test_nodes_share_a_pvc_but_each_node_has_its_own_host_path(
     ]
     apps.create_namespaced_daemon_set(ns, _daemonset("writer", container, volumes, True))
     pv = core.read_namespaced_persistent_volume_claim("shared", ns).spec.volume_name
-    shared = Path(core.read_persistent_volume(pv).spec.host_path.path)
+    shared = scenario.pv_directory(kube, core.read_persistent_volume(pv).to_dict())
+    assert shared is not None
     testing.wait_for(
         lambda: sorted(p.name for p in shared.iterdir()) == ["tkv-node-1", "tkv-node-2"],
         30,
         "both nodes to write into the shared volume",
     )
+    devices = {}
     for node in ("tkv-node-1", "tkv-node-2"):
         mine = kube.layout.nodes / node / "hostpath" / "var" / "lib" / ns / "mine"
         testing.wait_for(mine.exists, 10, f"{node}'s hostPath file")
         assert mine.read_text() == f"{node}\n"
+        testing.wait_for(lambda n=node: len((shared / n).read_text().split()) == 2, 10, f"{node}'s line")
+        devices[node] = int((shared / node).read_text().split()[1])
+    if storage_class == GLUSTER_STORAGE_CLASS:
+        assert devices == {
+            node: kube.layout.gluster_mount(node, gluster.VOLUME).stat().st_dev for node in devices
+        }, "each pod must see the volume through its own node's gluster client"
+        assert devices["tkv-node-1"] != devices["tkv-node-2"]
+    else:
+        assert len(set(devices.values())) == 1
 
 
 def test_a_local_pod_reaches_the_api_with_its_service_account_under_rbac(

@@ -5,4 +5,8 @@ RUN_ANNOTATION = "sim.tieredkv.io/run"
 
 PROVISIONER = "sim.tieredkv.io/local"
 STORAGE_CLASS = "tieredkv-local"
+GLUSTER_STORAGE_CLASS = "tieredkv-gluster"
+"""Backed by the cluster's GlusterFS volume, one FUSE client per node (sim.storage); default when present."""
+GLUSTER_ENDPOINTS = "tieredkv-gluster"
+"""The `endpoints` a gluster PV names (a real cluster needs that Endpoints object; the simulator does not)."""
 NODE_PREFIX = "tkv-node-"

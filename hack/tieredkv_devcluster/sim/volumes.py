@@ -1,7 +1,9 @@
 """Pure mapping of a pod's volumes to local directories or files, and of volumeMounts to bind mounts.
 
 hostPath volumes live under the node's own directory (two simulated nodes never share a hostPath);
-PVC volumes resolve to their bound PV's directory (shared by every node: one machine, so RWX holds);
+PVC volumes resolve to their bound PV's directory: a hostPath PV's one local directory (shared by every
+node: one machine, so RWX holds trivially), or for a `glusterfs` PV (`path: <volume>/<dir>`) that
+directory through the pod's node's own FUSE client, `<state>/nodes/<node>/gluster/<volume>/<dir>`;
 emptyDir, Secret, ConfigMap, downwardAPI and projected volumes get a per-pod directory whose file
 contents are returned for the caller to write.
 """
@@ -59,7 +61,7 @@ def volume_sources(pod: Obj, lookup: Lookup, dirs: PodDirs) -> dict[str, Path]:
         if "hostPath" in vol:
             out[name] = host_path(dirs, vol["hostPath"]["path"])
         elif "persistentVolumeClaim" in vol:
-            out[name] = _pvc_path(lookup, ns, vol["persistentVolumeClaim"]["claimName"])
+            out[name] = _pvc_path(lookup, ns, vol["persistentVolumeClaim"]["claimName"], dirs)
         elif "emptyDir" in vol:
             out[name] = own
         elif "secret" in vol or "configMap" in vol:
@@ -80,18 +82,28 @@ def volume_sources(pod: Obj, lookup: Lookup, dirs: PodDirs) -> dict[str, Path]:
     return out
 
 
-def _pvc_path(lookup: Lookup, ns: str, claim: str) -> Path:
+def _pvc_path(lookup: Lookup, ns: str, claim: str, dirs: PodDirs) -> Path:
     pvc = lookup.pvc(ns, claim)
     if pvc is None:
         raise PlanError("ContainerCreating", f"persistentvolumeclaim {claim!r} not found")
     pv_name = (pvc.get("spec") or {}).get("volumeName")
     if not pv_name or (pvc.get("status") or {}).get("phase") != "Bound":
         raise PlanError("ContainerCreating", f"persistentvolumeclaim {claim!r} is not bound yet")
-    pv = lookup.pv(pv_name)
-    path = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
+    spec = (lookup.pv(pv_name) or {}).get("spec") or {}
+    if "glusterfs" in spec:
+        return gluster_path(dirs.node_root.parent, spec["glusterfs"]["path"])
+    path = spec.get("hostPath", {}).get("path")
     if not path:
-        raise PlanError("UnsupportedVolume", f"PV {pv_name} is not a hostPath/local-sim volume")
+        raise PlanError("UnsupportedVolume", f"PV {pv_name} is neither a hostPath nor a glusterfs volume")
     return Path(path)
+
+
+def gluster_path(node_dir: Path, volume_path: str) -> Path:
+    """`<volume>/<dir>` of a glusterfs PV through the client of the node whose directory is `node_dir`."""
+    norm = posixpath.normpath("/" + volume_path).lstrip("/")
+    if not norm or norm == ".":
+        raise PlanError("UnsupportedVolume", f"glusterfs path {volume_path!r} names no volume")
+    return node_dir / "gluster" / norm
 
 
 def container_mounts(pod: Obj, container: Obj, sources: dict[str, Path]) -> list[Mount]:
