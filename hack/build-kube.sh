@@ -83,15 +83,17 @@ done
 mkdir -p "$SRC/.go/src/k8s.io"
 ln -sfn ../../.. "$SRC/.go/src/k8s.io/kubernetes"
 step "4/4 compiling kube-apiserver, kube-controller-manager, kube-scheduler (about 1,900 Go packages)"
-# Go prints nothing while it compiles; a line every 30 s counts what its build cache holds so far.
+# Go prints nothing while it compiles; a line every 30 s counts what its build cache (kube's build sets
+# GOCACHE to _output/local/go/cache) holds so far. `set +e`: a failed count must not end the ticker.
 (
+  set +e
   while sleep 30; do
-    n=$(find "$WORK/home/.cache/go-build" -type f -name '*-d' 2>/dev/null | wc -l)
-    step "    compiling: $n objects built so far"
+    n=$(find "$SRC/_output/local/go/cache" -type f -name '*-d' 2>/dev/null | wc -l)
+    step "    compiling: $n of about 3,200 objects built"
   done
 ) &
 ticker=$!
-trap 'kill "$ticker" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "$ticker" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 (
   cd "$SRC"
   export GOPATH="$SRC/.go" CGO_ENABLED=0 GOFLAGS=-mod=vendor GOPROXY=off HOME="$WORK/home"
