@@ -56,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from tieredkv_operator import handlers  # importing registers the handlers
+    from tieredkv_operator.drift_loop import DriftLoop, Peering
+    from tieredkv_operator.kube import shared
 
     if handlers.SETTINGS.webhook_enabled:
         from tieredkv_operator import webhooks
@@ -71,14 +73,26 @@ def _run(args: argparse.Namespace) -> int:
     settings = kopf.OperatorSettings()
     if args.peering:  # not kopf.run(peering_name=...): that makes the object mandatory
         settings.peering.name = args.peering
-    kopf.run(
-        settings=settings,
-        standalone=args.standalone,
-        priority=args.priority if args.priority is not None else int(time.time()),
+    priority = args.priority if args.priority is not None else int(time.time())
+    drift = DriftLoop(
+        shared,
+        handlers.refresh_cache,
+        interval_s=handlers.SETTINGS.drift_interval_seconds,
         namespaces=namespaces,
-        clusterwide=not namespaces,
-        liveness_endpoint=args.liveness or None,
+        peering=None if args.standalone else Peering(settings.peering.name, priority),
     )
+    drift.start()
+    try:
+        kopf.run(
+            settings=settings,
+            standalone=args.standalone,
+            priority=priority,
+            namespaces=namespaces,
+            clusterwide=not namespaces,
+            liveness_endpoint=args.liveness or None,
+        )
+    finally:
+        drift.stop()
     return 0
 
 

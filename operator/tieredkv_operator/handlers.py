@@ -1,7 +1,7 @@
 """kopf handlers of the operator. Thin by design: each one delegates to `reconcile` or to a pure function.
 
 kopf runs these synchronous handlers on its executor threads; a per-cache lock keeps the create/update/
-resume handler, the drift timer and child events from reconciling one cache at the same time.
+resume handler, the drift loop and child events from reconciling one cache at the same time.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Persist kopf's bookkeeping in our own annotations (the CRD's status schema has no room for it)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    settings.persistence.finalizer = f"{GROUP}/operator"  # never added: there is no deletion handler
+    # Never added (no deletion handler, no timer or daemon); kopf removes it from caches of older versions.
+    settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
     shared()
@@ -121,10 +122,11 @@ def _refresh(namespace: str, name: str, *, apply: bool) -> None:
             log.warning("cache %s: %s", key, err)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.drift_interval_seconds)
-def repair_drift(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """Every drift interval: repair edited or deleted children and refresh the status."""
-    _reconcile(body, patch)
+def refresh_cache(namespace: str, name: str) -> None:
+    """The drift loop's thread, every drift interval: repair edited or deleted children, refresh the status.
+
+    Not a `@kopf.timer`: kopf would put a finalizer on every cache (see drift_loop.py)."""
+    _refresh(namespace, name, apply=True)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

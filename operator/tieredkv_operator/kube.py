@@ -142,6 +142,15 @@ class Kube:
                 return None
             raise
 
+    def read(self, path: str) -> Obj | None:
+        """GET any API path (an object or a list); None when it does not exist."""
+        try:
+            return self._call("GET", path)
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
     def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[Obj]:
         result = self._call(
             "GET", _path(api_version, kind, namespace), query=[("labelSelector", label_selector)]

@@ -215,3 +215,27 @@ def test_an_operator_restarted_mid_way_converges_without_duplicates(
         if s.metadata.name.startswith("tieredkv-c-seed")
     ]
     assert sorted(seeds) == ["tieredkv-c-seed", "tieredkv-c-seed-backup"]
+
+
+def test_a_cache_carries_no_finalizer_so_it_can_be_deleted_while_the_operator_is_not_running(
+    api: client.ApiClient, ns: str, operator: OperatorProcess
+) -> None:
+    _create(api, ns, caches.manifest("c"))
+    obj = caches.wait_condition(api, ns, "c", "Ready", "True", timeout=90)
+    assert not obj["metadata"].get("finalizers"), obj["metadata"].get("finalizers")
+    operator.stop()
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c"
+    )
+
+    def cache_gone() -> bool:
+        try:
+            caches.get(api, ns, "c")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    testing.wait_for(cache_gone, 30, "the cache to be deleted without the operator")
+    testing.wait_for(
+        lambda: _gone(api, "DaemonSet", ns, "tieredkv-c-agent"), 60, "its children to be collected"
+    )
