@@ -262,13 +262,13 @@ class Connection:
         """Run the job's next chunk if both budgets allow and nobody waits before it; else queue it."""
         budget = self.budget
         with budget.lock:
-            run = not budget.waiting and self._reserve_locked(job.next_chunk_bytes)
-            if not run:
+            blocked = "queue" if budget.waiting else self._reserve_locked(job.next_chunk_bytes)
+            if blocked:
                 budget.waiting.append(job)
-        if run:
+        if not blocked:
             job.run_chunk()
-        else:
-            self.server.note_waiting(self)
+        elif blocked == "agent":
+            self.server.note_waiting(self, job.next_chunk_bytes)
 
     def resume_waiting(self) -> list[ServerMessage]:
         """Run waiting chunks while budget allows; cancel them all once the connection is gone (writer)."""
@@ -279,26 +279,31 @@ class Connection:
                     return []
                 job = budget.waiting[0]
                 gone = self.gone.is_set()
-                if not gone and not self._reserve_locked(job.next_chunk_bytes):
+                blocked = None if gone else self._reserve_locked(job.next_chunk_bytes)
+                if blocked:
                     break
                 budget.waiting.popleft()
             if gone:
                 job.report()  # its replies cannot be sent; this settles the session's bookkeeping
             else:
                 job.run_chunk()
-        self.server.note_waiting(self)
+        if blocked == "agent":  # else this connection's own chunks, when they end, resume it
+            self.server.note_waiting(self, job.next_chunk_bytes)
         return []
 
     def resume_waiting_deferred(self, sendable: bool) -> list[ServerMessage]:
         """`resume_waiting` as outbox work (the server defers it when agent-wide budget comes back)."""
         return self.resume_waiting()
 
-    def _reserve_locked(self, nbytes: int) -> bool:
-        """Take `nbytes` of this connection's and the agent's staging budgets (under `budget.lock`)."""
-        if not self.budget.fits(nbytes) or not self.server.reserve_staged(nbytes):
-            return False
+    def _reserve_locked(self, nbytes: int) -> str | None:
+        """Take `nbytes` of this connection's and the agent's staging budgets (under `budget.lock`);
+        None, or which budget is spent: "connection" or "agent"."""
+        if not self.budget.fits(nbytes):
+            return "connection"
+        if not self.server.reserve_staged(nbytes):
+            return "agent"
         self.budget.staged += nbytes
-        return True
+        return None
 
     def release_staging(self, nbytes: int) -> None:
         """A chunk ended: give its bytes back to both budgets (the writer thread)."""

@@ -250,11 +250,17 @@ class AgentServer:
         for connection in waiting:
             connection.outbox.defer(connection.resume_waiting_deferred)
 
-    def note_waiting(self, connection: Connection) -> None:
-        """`connection` has a job waiting for budget: wake it at the next release (connection threads)."""
+    def note_waiting(self, connection: Connection, need: int) -> None:
+        """`connection` waits for `need` bytes of the agent's staging budget: wake it at the next release,
+        or now if they came back meanwhile (connection threads)."""
         with self._lock:
-            if connection.budget.waiting:
-                self._waiting.add(connection)
+            self._waiting.add(connection)
+            used = self._staged_bytes
+            room = not used or used + need <= self.agent_limits.max_total_staged_bytes
+            if room:
+                self._waiting.discard(connection)
+        if room:
+            connection.outbox.defer(connection.resume_waiting_deferred)
 
     @property
     def staged_bytes(self) -> int:
