@@ -150,6 +150,10 @@ def test_abusers_neither_stop_nor_slow_a_well_behaved_client(agent: AgentProcess
         assert agent.metric("tieredkv_api_refusals_total", reason=reason) >= 1, reason
     assert agent.metric("tieredkv_api_refusals_total", reason="inflight_keys") >= 1
     assert agent.metric("tieredkv_ram_uncached_blocks_total", reason="block_size") >= 256
+    deadline = time.monotonic() + 10
+    while agent.metric("tieredkv_api_staged_bytes") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.metric("tieredkv_api_staged_bytes") == 0, "staging budget leaked by a dropped client"
     assert "FORGED log line" not in agent.log().replace("\\nFORGED", "")
 
 

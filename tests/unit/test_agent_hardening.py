@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,6 +268,43 @@ def test_jobs_larger_than_the_staging_budgets_run_in_chunks_and_wait_for_each_ot
             for client in clients:
                 client.close()
         assert server.staged_bytes == 0
+    finally:
+        server.close()
+
+
+def test_a_client_that_leaves_with_jobs_staged_and_waiting_gives_every_budget_back(
+    tmp_path: Path, tier: FileTier
+) -> None:
+    limits = AgentLimits(max_staged_bytes=BLOCK, max_total_staged_bytes=BLOCK, staging_chunk_bytes=BLOCK)
+    server = AgentServer(
+        tmp_path / "run" / "agent.sock",
+        tier,
+        agent_version="t",
+        expected_fingerprint=FINGERPRINT,
+        agent_limits=limits,
+    )
+    name = tier.namespace(CONFIG).config_dir.name
+    try:
+        with region_file(8 * BLOCK, shm_dir(str(tmp_path))) as made:
+            client = AgentClient(
+                server.socket_path,
+                instance_id="p/leaver",
+                vllm_version="0.33.0",
+                profile=profile(name),
+                region_fd=made.fd,
+                region_bytes=made.size,
+                timeout_s=WAIT_S,
+            )
+            for job in range(8):
+                client.submit_store(
+                    job, name, [key(job * 8 + slot, "leave") for slot in range(8)], list(range(8))
+                )
+            client.close()
+        deadline = time.monotonic() + WAIT_S
+        while (server.staged_bytes or server.connections) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (server.staged_bytes, server.connections) == (0, 0)
+        assert server.staging.idle_bytes <= limits.max_idle_staging_bytes
     finally:
         server.close()
 
