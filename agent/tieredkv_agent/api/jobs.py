@@ -56,8 +56,13 @@ class StagedJob:
         start, end = self.chunks.popleft()
         connection, region = self.connection, self.region
         slots = self.message.slots[start:end]
+        try:
+            region.retain()
+        except RegionError:  # the connection ended and its region is closed: nothing more moves
+            connection.release_staging((end - start) * region.block_bytes)
+            connection.outbox.defer(lambda _sendable: self.report())
+            return
         staging = Staging(end - start, region.block_bytes, connection.server.staging)
-        region.retain()
         if self.kind is JobKind.STORE:
             try:
                 region.read_slots(slots, staging.base)
