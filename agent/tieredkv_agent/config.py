@@ -103,10 +103,12 @@ class AgentSettings(BaseSettings):
     # Socket server limits (docs/security.md; defaults in tieredkv_common.agent_limits).
     max_connections: int = Field(default=lim.MAX_CONNECTIONS, ge=1, le=4096)
     """Connections served at once; the next one is refused with an error."""
-    max_inflight_bytes: int = Field(default=lim.MAX_INFLIGHT_BYTES, ge=1)
-    """Per connection: bytes of Store and Load jobs accepted and not yet reported."""
-    max_total_inflight_bytes: int = Field(default=lim.MAX_TOTAL_INFLIGHT_BYTES, ge=1)
-    """Per agent: the same over all connections (the agent stages these bytes in its memory)."""
+    max_inflight_keys: int = Field(default=lim.MAX_INFLIGHT_KEYS, ge=1)
+    """Per connection: keys of Store and Load jobs accepted and not yet reported."""
+    max_staged_bytes: int = Field(default=lim.MAX_STAGED_BYTES, ge=1)
+    """Per connection: bytes of its jobs staged in the agent's memory at once (more jobs wait)."""
+    max_total_staged_bytes: int = Field(default=lim.MAX_TOTAL_STAGED_BYTES, ge=1)
+    """Per agent: the same over all connections."""
     max_buffered_frame_bytes: int = Field(default=lim.MAX_BUFFERED_FRAME_BYTES, ge=1)
     """Per agent: bytes of partial frames held for all connections."""
     max_region_bytes: int = Field(default=lim.MAX_REGION_BYTES, ge=1)

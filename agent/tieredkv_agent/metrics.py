@@ -259,9 +259,9 @@ class ApiCollector(Collector):
             value=self.server.connections if self.server is not None else 0,
         )
         yield GaugeMetricFamily(
-            "tieredkv_api_inflight_bytes",
-            "Bytes of Store and Load jobs in flight on all connections (staged in the agent)",
-            value=self.server.inflight_bytes if self.server is not None else 0,
+            "tieredkv_api_staged_bytes",
+            "Bytes of Store and Load jobs staged in the agent's memory now, all connections together",
+            value=self.server.staged_bytes if self.server is not None else 0,
         )
 
 

@@ -198,7 +198,7 @@ def socket_server(
             settings.socket_dir / SOCKET_FILE,
             tier,
             agent_version=__version__,
-            limits=Limits(max_inflight_bytes=settings.max_inflight_bytes),
+            limits=Limits(max_inflight_keys=settings.max_inflight_keys),
             agent_limits=agent_limits(settings),
             expected_fingerprint=expected_fingerprint(settings),
             on_mismatch=settings.on_profile_mismatch,
@@ -214,7 +214,8 @@ def agent_limits(settings: AgentSettings) -> AgentLimits:
     """The socket server's agent-wide limits from the settings."""
     return AgentLimits(
         max_connections=settings.max_connections,
-        max_total_inflight_bytes=settings.max_total_inflight_bytes,
+        max_staged_bytes=settings.max_staged_bytes,
+        max_total_staged_bytes=settings.max_total_staged_bytes,
         max_buffered_frame_bytes=settings.max_buffered_frame_bytes,
         max_region_bytes=settings.max_region_bytes,
         max_send_queue_bytes=settings.max_send_queue_bytes,

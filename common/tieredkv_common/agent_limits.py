@@ -46,10 +46,14 @@ GiB = 1 << 30
 
 MAX_CONNECTIONS = 64
 """Connections served at once (each costs two threads); the next one gets a fatal Error and is closed."""
-MAX_INFLIGHT_BYTES = 512 * MiB
-"""Per connection: bytes of Store and Load jobs accepted and not yet reported (the agent stages them)."""
-MAX_TOTAL_INFLIGHT_BYTES = 2 * GiB
-"""Per agent: the same, summed over every connection (bounds the staging memory of the agent)."""
+MAX_INFLIGHT_KEYS = 65_536
+"""Per connection: keys of Store and Load jobs accepted and not yet reported (bounds their bookkeeping)."""
+MAX_STAGED_BYTES = 512 * MiB
+"""Per connection: bytes of its jobs staged in the agent's memory at once; more jobs wait, none is refused."""
+MAX_TOTAL_STAGED_BYTES = 2 * GiB
+"""Per agent: the same, summed over every connection (bounds the agent's staging memory)."""
+STAGING_CHUNK_BYTES = 64 * MiB
+"""A job is staged in chunks of at most this (and the connection's limit): any job size costs one chunk."""
 MAX_IDLE_STAGING_BYTES = 256 * MiB
 """Per agent: staging buffers of finished jobs kept for reuse (mapping fresh memory per job is slow)."""
 MAX_BUFFERED_FRAME_BYTES = 64 * MiB
@@ -71,8 +75,7 @@ RAM_MIN_BLOCK_BYTES = 4096
 
 REFUSAL_REASONS = (
     "connections",
-    "inflight_bytes",
-    "total_inflight_bytes",
+    "inflight_keys",
     "buffered_bytes",
     "region_bytes",
     "send_queue",

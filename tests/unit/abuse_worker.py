@@ -262,15 +262,27 @@ def bad_namespace(socket_path: str) -> dict[str, Any]:
     return {"hello": _describe(Raw(socket_path).hello("x\ny_0123456789ab", GOOD_BLOCK, fd, GOOD_BLOCK))}
 
 
-def too_much_in_flight(socket_path: str, slots: str = "64") -> dict[str, Any]:
-    """One Store naming more bytes than a connection may have in flight."""
+def too_much_in_flight(socket_path: str, slots: str = "64", keys_: str = "300") -> dict[str, Any]:
+    """A Store of more bytes than a connection may stage (run in chunks, its bytes verified by a Load),
+    then one of more keys than a connection may have in flight (refused)."""
     count = int(slots)
-    fd, _mapped = region(GOOD_BLOCK * count)
+    fd, mapped = region(GOOD_BLOCK * count * 2)
     raw = Raw(socket_path)
-    assert isinstance(raw.hello(NAMESPACE, GOOD_BLOCK, fd, GOOD_BLOCK * count), HelloOk)
+    assert isinstance(raw.hello(NAMESPACE, GOOD_BLOCK, fd, GOOD_BLOCK * count * 2), HelloOk)
     keys = [key_of("inflight", index) for index in range(count)]
+    for slot, k in enumerate(keys):
+        mapped[slot * GOOD_BLOCK : (slot + 1) * GOOD_BLOCK] = content(k, GOOD_BLOCK)
     raw.send(Store(job_id=1, namespace=NAMESPACE, keys=keys, slots=list(range(count))))
-    return {"store": _describe(raw.next())}
+    big_store = _describe(raw.next())
+    raw.send(Load(job_id=2, namespace=NAMESPACE, keys=keys, slots=list(range(count, 2 * count))))
+    big_load = _describe(raw.next())
+    wrong = sum(
+        mapped[(count + i) * GOOD_BLOCK : (count + i + 1) * GOOD_BLOCK] != content(k, GOOD_BLOCK)
+        for i, k in enumerate(keys)
+    )
+    many = [key_of("many", index) for index in range(int(keys_))]
+    raw.send(Store(job_id=3, namespace=NAMESPACE, keys=many, slots=[0] * len(many)))
+    return {"big_store": big_store, "big_load": big_load, "wrong": wrong, "many_keys": _describe(raw.next())}
 
 
 def _describe(message: ServerMessage | ProtocolError) -> dict[str, Any]:

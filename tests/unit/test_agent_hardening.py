@@ -5,16 +5,27 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.unit.api_client_worker import BLOCK, FINGERPRINT, WAIT_S, key, profile, region_file, shm_dir
+from tests.unit.api_client_worker import (
+    BLOCK,
+    FINGERPRINT,
+    WAIT_S,
+    content,
+    key,
+    profile,
+    region_file,
+    shm_dir,
+    wait_jobs,
+)
 from tieredkv_agent.api.client import AgentClient
 from tieredkv_agent.api.connection import Connection
 from tieredkv_agent.api.protocol import PROTOCOL_VERSION, CompatProfile, ErrorCode, Hello, Store
-from tieredkv_agent.api.server import AgentServer
+from tieredkv_agent.api.server import AgentLimits, AgentServer
 from tieredkv_agent.api.session import Limits, Session
 from tieredkv_agent.api.socket_lock import SocketLock, SocketPathError
 from tieredkv_agent.capacity import CapacityManager, layout
@@ -97,8 +108,8 @@ def test_the_ram_pool_is_sized_in_bytes_whatever_block_size_a_client_declares() 
     assert big.min_block_bytes == (1 << 40) // RAM_MAX_SLOTS
 
 
-def test_a_session_refuses_a_job_over_its_in_flight_bytes_and_takes_finished_ones_back() -> None:
-    session = Session(agent_version="t", limits=Limits(max_inflight_bytes=4 * BLOCK))
+def test_a_session_refuses_a_job_over_its_in_flight_keys_and_takes_finished_ones_back() -> None:
+    session = Session(agent_version="t", limits=Limits(max_inflight_keys=4))
     hello = Hello(
         version=PROTOCOL_VERSION,
         instance_id="p/e",
@@ -107,17 +118,17 @@ def test_a_session_refuses_a_job_over_its_in_flight_bytes_and_takes_finished_one
         region_bytes=8 * BLOCK,
     )
     ok = session.receive(hello, region_bytes=8 * BLOCK)
-    assert ok.accepted and getattr(ok.reply, "max_inflight_bytes", None) == 4 * BLOCK
+    assert ok.accepted and getattr(ok.reply, "max_inflight_keys", None) == 4
 
     def store(job_id: int, slots: list[int]) -> Store:
         return Store(job_id=job_id, namespace="m_0123456789ab", keys=[key(s) for s in slots], slots=slots)
 
     assert session.receive(store(1, [0, 1, 2])).accepted
     refused = session.receive(store(2, [3, 4]))
-    assert not refused.accepted and refused.refusal == "inflight_bytes"
+    assert not refused.accepted and refused.refusal == "inflight_keys"
     assert getattr(refused.reply, "code", None) is ErrorCode.LIMIT_EXCEEDED
     session.finish(1)
-    assert session.in_flight_bytes == 0
+    assert session.in_flight_keys == 0
     assert session.receive(store(2, [3, 4, 5, 6])).accepted
 
 
@@ -205,6 +216,95 @@ def test_the_accept_loop_survives_a_connection_whose_threads_cannot_start(
             ) as client:
                 assert client.drain(WAIT_S)
         assert server.refusal_counts()["accept_error"] == 1
+    finally:
+        server.close()
+
+
+def test_jobs_larger_than_the_staging_budgets_run_in_chunks_and_wait_for_each_other(
+    tmp_path: Path, tier: FileTier
+) -> None:
+    limits = AgentLimits(
+        max_staged_bytes=2 * BLOCK, max_total_staged_bytes=3 * BLOCK, staging_chunk_bytes=BLOCK
+    )
+    server = AgentServer(
+        tmp_path / "run" / "agent.sock",
+        tier,
+        agent_version="t",
+        expected_fingerprint=FINGERPRINT,
+        agent_limits=limits,
+    )
+    name = tier.namespace(CONFIG).config_dir.name
+    try:
+        with (
+            region_file(16 * BLOCK, shm_dir(str(tmp_path))) as a,
+            region_file(16 * BLOCK, shm_dir(str(tmp_path))) as b,
+        ):
+            clients = []
+            for made, who in ((a, "a"), (b, "b")):
+                for slot in range(8):
+                    made.fill(slot, content(key(slot, who)))
+                clients.append(
+                    AgentClient(
+                        server.socket_path,
+                        instance_id=f"p/{who}",
+                        vllm_version="0.33.0",
+                        profile=profile(name),
+                        region_fd=made.fd,
+                        region_bytes=made.size,
+                        timeout_s=WAIT_S,
+                    )
+                )
+            for client, who in zip(clients, "ab", strict=True):  # 4 jobs of 4 blocks: 16 blocks, budget 3
+                for job in range(2):
+                    keys = [key(slot, who) for slot in range(job * 4, job * 4 + 4)]
+                    client.submit_store(job, name, keys, list(range(job * 4, job * 4 + 4)))
+            assert all(done.success for client in clients for done in wait_jobs(client, 2))
+            for client, who in zip(clients, "ab", strict=True):
+                client.submit_load(9, name, [key(slot, who) for slot in range(8)], list(range(8, 16)))
+                [loaded] = wait_jobs(client, 1)
+                assert loaded.success
+            for made, who in ((a, "a"), (b, "b")):
+                assert [made.slot(8 + slot) for slot in range(8)] == [content(key(s, who)) for s in range(8)]
+            for client in clients:
+                client.close()
+        assert server.staged_bytes == 0
+    finally:
+        server.close()
+
+
+def test_a_client_that_leaves_with_jobs_staged_and_waiting_gives_every_budget_back(
+    tmp_path: Path, tier: FileTier
+) -> None:
+    limits = AgentLimits(max_staged_bytes=BLOCK, max_total_staged_bytes=BLOCK, staging_chunk_bytes=BLOCK)
+    server = AgentServer(
+        tmp_path / "run" / "agent.sock",
+        tier,
+        agent_version="t",
+        expected_fingerprint=FINGERPRINT,
+        agent_limits=limits,
+    )
+    name = tier.namespace(CONFIG).config_dir.name
+    try:
+        with region_file(8 * BLOCK, shm_dir(str(tmp_path))) as made:
+            client = AgentClient(
+                server.socket_path,
+                instance_id="p/leaver",
+                vllm_version="0.33.0",
+                profile=profile(name),
+                region_fd=made.fd,
+                region_bytes=made.size,
+                timeout_s=WAIT_S,
+            )
+            for job in range(8):
+                client.submit_store(
+                    job, name, [key(job * 8 + slot, "leave") for slot in range(8)], list(range(8))
+                )
+            client.close()
+        deadline = time.monotonic() + WAIT_S
+        while (server.staged_bytes or server.connections) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (server.staged_bytes, server.connections) == (0, 0)
+        assert server.staging.idle_bytes <= limits.max_idle_staging_bytes
     finally:
         server.close()
 

@@ -5,7 +5,8 @@ Threads:
 * `tkv-api-conn-<n>` (`run`): receives bytes and the region descriptor (`recvmsg`, SCM_RIGHTS), decodes
   frames, runs the connection's `Session`, answers Hellos and Lookups and submits Store/Load jobs. A store
   reads its slots from the region descriptor into a staging buffer here (`engine.region`);
-* `tkv-api-out-<n>` (the `Outbox`): sends every reply; a load's region write runs there before its JobDone;
+* `tkv-api-out-<n>` (the `Outbox`): sends every reply; a load's region write runs there before its JobDone,
+  and a job's later chunks are staged there (`tieredkv_agent.api.jobs`);
 * the tiers' threads call each job's completion sink, which only queues work for the outbox.
 
 The region is never mapped: whatever the client does to its file, a job fails, never the agent. When the
@@ -21,11 +22,10 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tieredkv_agent.api.framing import FrameEncoder, client_decoder
+from tieredkv_agent.api.jobs import StagedJob, StagingBudget
 from tieredkv_agent.api.outbox import Outbox, set_send_timeout
 from tieredkv_agent.api.protocol import (
     ClientMessage,
@@ -39,9 +39,8 @@ from tieredkv_agent.api.protocol import (
     ServerMessage,
     Store,
 )
-from tieredkv_agent.api.session import Session, job_done, lookup_reply, region_owner_problem
-from tieredkv_agent.engine.jobs import BlockJob, JobResult, KeyStatus
-from tieredkv_agent.engine.region import ClientRegion, RegionError, Staging
+from tieredkv_agent.api.session import Session, lookup_reply, region_owner_problem
+from tieredkv_agent.engine.region import ClientRegion
 from tieredkv_agent.store.naming import Namespace
 
 if TYPE_CHECKING:
@@ -52,16 +51,6 @@ log = logging.getLogger(__name__)
 RECV_BYTES = 256 * 1024
 MAX_FDS = 4
 """Descriptors accepted per recvmsg: one is allowed, a few more are received only to be closed."""
-
-
-@dataclass(frozen=True, slots=True)
-class _StagedJob:
-    """What the end of a job needs: its slots, its staging buffer, its kind and its in-flight bytes."""
-
-    slots: Sequence[int]
-    staging: Staging
-    load: bool
-    nbytes: int
 
 
 class Connection:
@@ -92,6 +81,9 @@ class Connection:
         """Set when the connection ends: its queued blocks are cancelled (running I/O finishes)."""
         self.buffered = 0
         """Bytes of partial frame this connection holds (the server's agent-wide budget counts them)."""
+        self.budget = StagingBudget(server.agent_limits.max_staged_bytes)
+        self.chunk_bytes = min(server.agent_limits.staging_chunk_bytes, server.agent_limits.max_staged_bytes)
+        """A job is staged in chunks of at most this many bytes (see `tieredkv_agent.api.jobs`)."""
         self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
 
     def start(self) -> None:
@@ -131,6 +123,7 @@ class Connection:
         finally:
             self.alive = False
             self.gone.set()
+            self.outbox.defer(self.resume_waiting_deferred)  # cancels the waiting jobs
             self.server.account_buffered(self, 0)
             if self.region is not None:
                 self.region.release()
@@ -256,74 +249,64 @@ class Connection:
             return
         self.send(lookup_reply(lookup.request_id, answers))
 
-    def _refuse_job(self, job_id: int, code: ErrorCode, text: str) -> None:
-        self.session.finish(job_id)
-        self.send(ProtocolError(code, text, job_id=job_id).to_message())
-
-    def _submit(self, job: Store | Load) -> None:
-        """Stage the job's bytes and hand it to the tier (the connection's thread)."""
-        assert self.region is not None and self.namespace is not None
-        region, slots = self.region, list(job.slots)
-        nbytes = len(slots) * region.block_bytes
-        if not self.server.reserve_inflight(nbytes):
-            text = f"the agent's in-flight bytes are spent; job of {nbytes} bytes refused"
-            self.server.refuse("total_inflight_bytes", f"{self.name}: {text}")
-            self._refuse_job(job.job_id, ErrorCode.OVERLOADED, text)
+    def _submit(self, message: Store | Load) -> None:
+        """Stage the job's first chunk now, or queue it until budget comes back (the reader thread)."""
+        assert self.region is not None
+        job = StagedJob(self, message, self.region)
+        if not job.chunks:
+            self.outbox.defer(lambda _sendable: job.report())
             return
-        staging = Staging(len(slots), region.block_bytes, self.server.staging)
-        region.retain()
-        if isinstance(job, Store):
-            try:
-                region.read_slots(slots, staging.base)
-            except RegionError as exc:
-                self._end_job(region, staging, nbytes)
-                self.server.refuse("region_io", f"{self.name}: job {job.job_id}: {exc}")
-                self._refuse_job(job.job_id, ErrorCode.BAD_REGION, str(exc))
-                return
-        blocks = list(zip(job.keys, staging.views, strict=True))
-        block_job = BlockJob(job.job_id, self.namespace, blocks, cancelled=self.gone)
-        load = isinstance(job, Load)
+        self.stage_or_wait(job)
 
-        def on_done(result: JobResult) -> None:
-            """Queue the region write and the JobDone (the tier's threads, or this one)."""
-            job_bytes = _StagedJob(slots, staging, load, nbytes)
-            self.outbox.defer(lambda sendable: self._finish(result, job_bytes, sendable))
+    def stage_or_wait(self, job: StagedJob) -> None:
+        """Run the job's next chunk if both budgets allow and nobody waits before it; else queue it."""
+        budget = self.budget
+        with budget.lock:
+            blocked = "queue" if budget.waiting else self._reserve_locked(job.next_chunk_bytes)
+            if blocked:
+                budget.waiting.append(job)
+        if not blocked:
+            job.run_chunk()
+        elif blocked == "agent":
+            self.server.note_waiting(self, job.next_chunk_bytes)
 
-        submit = self.server.tier.submit_load if load else self.server.tier.submit_store
-        try:
-            submit(block_job, on_done)
-        except Exception as exc:
-            self._end_job(region, staging, nbytes)
-            self._refuse_job(job.job_id, ErrorCode.INTERNAL, f"job not accepted: {exc}")
+    def resume_waiting(self) -> list[ServerMessage]:
+        """Run waiting chunks while budget allows; cancel them all once the connection is gone (writer)."""
+        budget = self.budget
+        while True:
+            with budget.lock:
+                if not budget.waiting:
+                    return []
+                job = budget.waiting[0]
+                gone = self.gone.is_set()
+                blocked = None if gone else self._reserve_locked(job.next_chunk_bytes)
+                if blocked:
+                    break
+                budget.waiting.popleft()
+            if gone:
+                job.report()  # its replies cannot be sent; this settles the session's bookkeeping
+            else:
+                job.run_chunk()
+        if blocked == "agent":  # else this connection's own chunks, when they end, resume it
+            self.server.note_waiting(self, job.next_chunk_bytes)
+        return []
 
-    def _end_job(self, region: ClientRegion, staging: Staging, nbytes: int) -> None:
-        staging.close()
-        region.release()
-        self.server.release_inflight(nbytes)
+    def resume_waiting_deferred(self, sendable: bool) -> list[ServerMessage]:
+        """`resume_waiting` as outbox work (the server defers it when agent-wide budget comes back)."""
+        return self.resume_waiting()
 
-    def _finish(self, result: JobResult, job: _StagedJob, sendable: bool) -> list[ServerMessage]:
-        """Write a load's blocks into the region, then the JobDone and maybe a Drained (the writer thread)."""
-        region = self.region
-        assert region is not None
-        try:
-            if job.load and sendable and self.alive:
-                result = self._write_back(region, result, job.slots, job.staging)
-        finally:
-            self._end_job(region, job.staging, job.nbytes)
-        reply: list[ServerMessage] = [job_done(result)]
-        drained = self.session.finish(result.job_id)
-        if drained is not None:
-            reply.append(drained)
-        return reply
+    def _reserve_locked(self, nbytes: int) -> str | None:
+        """Take `nbytes` of this connection's and the agent's staging budgets (under `budget.lock`);
+        None, or which budget is spent: "connection" or "agent"."""
+        if not self.budget.fits(nbytes):
+            return "connection"
+        if not self.server.reserve_staged(nbytes):
+            return "agent"
+        self.budget.staged += nbytes
+        return None
 
-    def _write_back(
-        self, region: ClientRegion, result: JobResult, slots: Sequence[int], staging: Staging
-    ) -> JobResult:
-        loaded = [index for index, status in enumerate(result.statuses) if status is KeyStatus.DONE]
-        try:
-            region.write_slots(slots, staging.base, loaded)
-        except RegionError as exc:
-            self.server.refuse("region_io", f"{self.name}: job {result.job_id}: {exc}")
-            failed = tuple(KeyStatus.REGION if status.ok else status for status in result.statuses)
-            return JobResult(result.job_id, result.kind, result.keys, failed, 0, result.elapsed_s)
-        return result
+    def release_staging(self, nbytes: int) -> None:
+        """A chunk ended: give its bytes back to both budgets (the writer thread)."""
+        with self.budget.lock:
+            self.budget.staged -= nbytes
+        self.server.release_staged(nbytes)

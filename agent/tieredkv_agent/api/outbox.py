@@ -128,7 +128,11 @@ class Outbox:
                 if isinstance(item, bytes):
                     self._send(item)
                     continue
-                replies = item(self._sendable)
+                try:
+                    replies = item(self._sendable)
+                except Exception:  # one failed piece of work must not stop the others (they free budgets)
+                    log.exception("%s: deferred work failed", self.thread.name)
+                    continue
                 for reply in replies:
                     with self._encode_lock:
                         frame = self._encoder.encode(reply)

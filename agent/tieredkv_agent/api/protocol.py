@@ -33,9 +33,9 @@ Each Struct below documents its fields.
 
 Limits per connection (defaults; `HelloOk` reports the agent's): a frame body of at most 4 MiB
 (`max_frame_bytes`), at most 16384 keys per Lookup/Store/Load (`max_keys`), at most 1024 Store+Load jobs
-accepted and not yet reported (`max_inflight_jobs`) holding at most `max_inflight_bytes`, strings and keys
-bounded as their types say. Agent-wide limits (connections, partial frames, in-flight bytes of all
-connections) answer OVERLOADED; `tieredkv_common.agent_limits` holds every default.
+accepted and not yet reported (`max_inflight_jobs`) holding at most `max_inflight_keys` keys, strings and
+keys bounded as their types say. Agent-wide limits (connections, partial frames) answer OVERLOADED; the
+bytes a job stages in the agent only make it wait. `tieredkv_common.agent_limits` holds every default.
 
 Errors. A frame whose body is malformed (not msgpack, not a map, a missing or ill-typed field, an unknown
 type), a message the connection's state does not allow (anything before the Hello, a second Hello, a job
@@ -111,9 +111,8 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 10
     """The agent failed while handling the message; the request or job named is not served."""
     OVERLOADED = 11
-    """An agent-wide limit (connections, partial-frame bytes, in-flight bytes of all connections) refused
-    the connection or the job; the plugin may retry later. Older plugins read it as a malformed Error
-    that still names its job, so the job fails either way."""
+    """An agent-wide limit (connections, partial-frame bytes of all connections) refused the connection;
+    fatal. Older plugins read it as a malformed Error; the connection closes either way."""
 
 
 class LookupCode(enum.IntEnum):
@@ -211,8 +210,8 @@ class HelloOk(_Message, tag="hello_ok", frozen=True):
     """This connection's limits (see the module docstring); the plugin splits batches to fit them."""
     max_keys: Positive
     max_inflight_jobs: Positive
-    max_inflight_bytes: U63 = 0
-    """Bytes of Store and Load jobs (keys x block_bytes) accepted and not yet reported; 0: no limit."""
+    max_inflight_keys: U63 = 0
+    """Keys of Store and Load jobs accepted and not yet reported; 0 from an agent that does not say."""
 
 
 class Lookup(_Message, tag="lookup", frozen=True):

@@ -4,7 +4,7 @@ One `AgentServer` per agent, one `Connection` per instance (see `tieredkv_agent.
 
 * `tkv-api-accept`: accepts connections, refuses those over `max_connections`, starts each one's reader
   and writer; it survives any failure (a thread that cannot start, EMFILE) and ends only at `close`;
-* connection threads call `refuse`, `reserve_inflight`/`release_inflight`, `account_buffered`,
+* connection threads call `refuse`, `reserve_staged`/`release_staged`, `account_buffered`,
   `check_hello` and `namespace` (all under the server's lock, none waits for I/O under it);
 * `close` runs on the agent's main thread and is bounded, whatever the clients do.
 
@@ -57,7 +57,9 @@ class AgentLimits:
     """The agent-wide limits of the socket server (per-connection ones are `session.Limits`)."""
 
     max_connections: int = agent_limits.MAX_CONNECTIONS
-    max_total_inflight_bytes: int = agent_limits.MAX_TOTAL_INFLIGHT_BYTES
+    max_staged_bytes: int = agent_limits.MAX_STAGED_BYTES
+    max_total_staged_bytes: int = agent_limits.MAX_TOTAL_STAGED_BYTES
+    staging_chunk_bytes: int = agent_limits.STAGING_CHUNK_BYTES
     max_buffered_frame_bytes: int = agent_limits.MAX_BUFFERED_FRAME_BYTES
     buffered_frame_share_bytes: int = agent_limits.BUFFERED_FRAME_SHARE_BYTES
     max_region_bytes: int = agent_limits.MAX_REGION_BYTES
@@ -66,7 +68,13 @@ class AgentLimits:
     max_idle_staging_bytes: int = agent_limits.MAX_IDLE_STAGING_BYTES
 
     def __post_init__(self) -> None:
-        if min(self.max_connections, self.max_total_inflight_bytes, self.max_send_queue_bytes) < 1:
+        values = (
+            self.max_connections,
+            self.max_staged_bytes,
+            self.max_total_staged_bytes,
+            self.staging_chunk_bytes,
+        )
+        if min(*values, self.max_send_queue_bytes) < 1:
             raise ValueError("limits must be positive")
         if self.send_timeout_s <= 0:
             raise ValueError("send_timeout_s must be positive")
@@ -114,7 +122,8 @@ class AgentServer:
         self._namespaces: dict[str, Namespace] = {}
         self._block_bytes: dict[str, int] = {}
         self._refusals = collections.Counter[str]()
-        self._inflight_bytes = 0
+        self._staged_bytes = 0
+        self._waiting: set[Connection] = set()
         self._buffered_bytes = 0
         self._count = 0
         self._closed = False
@@ -223,22 +232,39 @@ class AgentServer:
         with self._lock:
             return {reason: self._refusals[reason] for reason in agent_limits.REFUSAL_REASONS}
 
-    def reserve_inflight(self, nbytes: int) -> bool:
-        """Take `nbytes` of the agent-wide in-flight budget; False when it is spent (reader threads)."""
+    def reserve_staged(self, nbytes: int) -> bool:
+        """Take `nbytes` of the agent-wide staging budget; False when it is spent (one chunk always fits
+        while nothing is staged) (connection threads, under the connection's budget lock)."""
         with self._lock:
-            if self._inflight_bytes + nbytes > self.agent_limits.max_total_inflight_bytes:
+            used = self._staged_bytes
+            if used and used + nbytes > self.agent_limits.max_total_staged_bytes:
                 return False
-            self._inflight_bytes += nbytes
+            self._staged_bytes += nbytes
             return True
 
-    def release_inflight(self, nbytes: int) -> None:
-        """Give back what `reserve_inflight` took (whichever thread ends the job)."""
+    def release_staged(self, nbytes: int) -> None:
+        """Give back what `reserve_staged` took and wake the connections waiting for it (writer threads)."""
         with self._lock:
-            self._inflight_bytes -= nbytes
+            self._staged_bytes -= nbytes
+            waiting, self._waiting = self._waiting, set()
+        for connection in waiting:
+            connection.outbox.defer(connection.resume_waiting_deferred)
+
+    def note_waiting(self, connection: Connection, need: int) -> None:
+        """`connection` waits for `need` bytes of the agent's staging budget: wake it at the next release,
+        or now if they came back meanwhile (connection threads)."""
+        with self._lock:
+            self._waiting.add(connection)
+            used = self._staged_bytes
+            room = not used or used + need <= self.agent_limits.max_total_staged_bytes
+            if room:
+                self._waiting.discard(connection)
+        if room:
+            connection.outbox.defer(connection.resume_waiting_deferred)
 
     @property
-    def inflight_bytes(self) -> int:
-        return self._inflight_bytes
+    def staged_bytes(self) -> int:
+        return self._staged_bytes
 
     def account_buffered(self, connection: Connection, buffered: int) -> bool:
         """Record a connection's partial-frame bytes; False (and the connection refused) when the agent's

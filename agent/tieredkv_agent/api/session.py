@@ -49,7 +49,7 @@ from tieredkv_agent.api.protocol import (
 )
 from tieredkv_agent.engine.index import LookupResult
 from tieredkv_agent.engine.jobs import JobResult, KeyStatus
-from tieredkv_common.agent_limits import MAX_INFLIGHT_BYTES
+from tieredkv_common.agent_limits import MAX_INFLIGHT_KEYS
 
 
 class State(enum.Enum):
@@ -72,11 +72,11 @@ class Limits:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_keys: int = MAX_KEYS
     max_inflight_jobs: int = MAX_INFLIGHT_JOBS
-    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
-    """Bytes (keys x block_bytes) of Store and Load jobs accepted and not yet finished."""
+    max_inflight_keys: int = MAX_INFLIGHT_KEYS
+    """Keys of Store and Load jobs accepted and not yet finished."""
 
     def __post_init__(self) -> None:
-        if min(self.max_frame_bytes, self.max_keys, self.max_inflight_jobs, self.max_inflight_bytes) < 1:
+        if min(self.max_frame_bytes, self.max_keys, self.max_inflight_jobs, self.max_inflight_keys) < 1:
             raise ValueError("limits must be positive")
 
 
@@ -152,8 +152,8 @@ class Session:
         self._slots = 0
         self._key_bytes = 0
         self._in_flight: dict[int, int] = {}
-        """Job id -> its bytes (keys x block_bytes)."""
-        self._in_flight_bytes = 0
+        """Job id -> its key count."""
+        self._in_flight_keys = 0
         self._drain_request: int | None = None
 
     @property
@@ -175,9 +175,9 @@ class Session:
         return len(self._in_flight)
 
     @property
-    def in_flight_bytes(self) -> int:
-        """Their bytes (keys x block_bytes)."""
-        return self._in_flight_bytes
+    def in_flight_keys(self) -> int:
+        """Their keys."""
+        return self._in_flight_keys
 
     def receive(self, message: ClientMessage, *, region_bytes: int | None = None) -> Verdict:
         """Judge one decoded message (the reader thread).
@@ -200,7 +200,7 @@ class Session:
         with self._lock:
             if job_id not in self._in_flight:
                 raise ValueError(f"job {job_id} is not in flight")
-            self._in_flight_bytes -= self._in_flight.pop(job_id)
+            self._in_flight_keys -= self._in_flight.pop(job_id)
             if self._state != State.DRAINING or self._in_flight or self._drain_request is None:
                 return None
             self._state = State.READY
@@ -262,7 +262,7 @@ class Session:
             max_frame_bytes=limits.max_frame_bytes,
             max_keys=limits.max_keys,
             max_inflight_jobs=limits.max_inflight_jobs,
-            max_inflight_bytes=limits.max_inflight_bytes,
+            max_inflight_keys=limits.max_inflight_keys,
         )
 
     def _check_batch(
@@ -296,17 +296,16 @@ class Session:
         if problem is not None:
             raise ProtocolError(problem[0], problem[1], job_id=job.job_id)
         check_slots(job.slots, self._slots, job_id=job.job_id)
-        assert self._hello is not None
-        nbytes = len(job.slots) * self._hello.profile.block_bytes
-        if self._in_flight_bytes + nbytes > self.limits.max_inflight_bytes:
+        count = len(job.keys)
+        if self._in_flight_keys + count > self.limits.max_inflight_keys:
             text = (
-                f"a job of {nbytes} bytes exceeds this connection's in-flight limit of "
-                f"{self.limits.max_inflight_bytes} bytes ({self._in_flight_bytes} in flight)"
+                f"a job of {count} keys exceeds this connection's limit of {self.limits.max_inflight_keys} "
+                f"keys in flight ({self._in_flight_keys} in flight)"
             )
             error = ProtocolError(ErrorCode.LIMIT_EXCEEDED, text, job_id=job.job_id)
-            raise _LimitRefusalError(error, "inflight_bytes")
-        self._in_flight[job.job_id] = nbytes
-        self._in_flight_bytes += nbytes
+            raise _LimitRefusalError(error, "inflight_keys")
+        self._in_flight[job.job_id] = count
+        self._in_flight_keys += count
 
     def _job_problem(self, job: Store | Load) -> tuple[ErrorCode, str] | None:
         if len(self._in_flight) >= self.limits.max_inflight_jobs:

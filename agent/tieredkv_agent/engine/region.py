@@ -11,7 +11,7 @@ its new end into SIGBUS. So the agent copies through the kernel instead::
 
 A short read or write (the client shrank or lost its file) raises `RegionError`: the job fails for that
 client alone. Staging buffers are anonymous page-aligned mappings owned by the agent (O_DIRECT can use
-them in place); their total is bounded by the in-flight byte limits of the socket server.
+them in place); their total is bounded by the staging budgets of the socket server (`api/jobs.py`).
 
 Threads: `read_slots` runs on the connection's reader thread, `write_slots` on its writer thread (the
 outbox), `retain`/`release` on either; pread/pwrite on one descriptor are safe concurrently.

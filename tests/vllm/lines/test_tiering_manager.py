@@ -54,7 +54,7 @@ def test_the_tier_is_built_before_vllm_seeds_its_hashes_and_says_hello_only_afte
     assert "hello from" not in agent.log()
     engine.seed_hashes()
     engine.wait_connected()
-    assert f"(vllm {engine.tier.engine.vllm_version})" in agent.log()
+    assert f"(vllm {engine.tier.engine.vllm_version!r})" in agent.log()  # client strings are escaped
 
 
 def test_a_second_engine_loads_what_the_first_stored_byte_for_byte_at_vllms_own_file_names(

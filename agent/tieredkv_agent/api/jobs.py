@@ -1,0 +1,158 @@
+"""A connection's Store and Load jobs, staged and run chunk by chunk within the staging budgets.
+
+The agent never maps a client's region (see `tieredkv_agent.engine.region`): a job's blocks move through
+an agent-owned staging buffer. So that a job of any size (a 32k-token prompt is gigabytes of KV) costs at
+most one chunk of memory, a job runs as consecutive chunks of at most `chunk_bytes`::
+
+    stage chunk: reserve the budgets (this connection's, the agent's) ─ spent ─► wait (no refusal)
+                 take a staging buffer; a store preads its slots from the region descriptor
+    the tier runs the chunk as one BlockJob
+    chunk done:  a load pwrites the loaded blocks into the region; the buffer goes back, budgets too;
+                 the next chunk is staged, or the job's one JobDone (and maybe a Drained) is sent
+
+Threads: the first chunk is staged on the connection's reader thread; every later step runs on its writer
+thread (the outbox), where the tiers' completion sinks defer it. A chunk waiting for budget is retried on
+the writer thread whenever budget comes back (this connection's, or another's via the server).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from tieredkv_agent.api.protocol import Load, ServerMessage, Store
+from tieredkv_agent.api.session import job_done
+from tieredkv_agent.engine.jobs import BlockJob, JobKind, JobResult, KeyStatus
+from tieredkv_agent.engine.region import ClientRegion, RegionError, Staging
+
+if TYPE_CHECKING:
+    from tieredkv_agent.api.connection import Connection
+
+
+class StagedJob:
+    """One Store or Load of a connection: its chunks, and the per-key outcome gathered so far."""
+
+    def __init__(self, connection: Connection, message: Store | Load, region: ClientRegion) -> None:
+        self.connection = connection
+        self.message = message
+        self.region = region
+        self.kind = JobKind.LOAD if isinstance(message, Load) else JobKind.STORE
+        count = len(message.keys)
+        per = max(1, connection.chunk_bytes // region.block_bytes)
+        self.chunks = collections.deque((start, min(start + per, count)) for start in range(0, count, per))
+        self.statuses: list[KeyStatus] = [KeyStatus.CANCELLED] * count
+        self.moved = 0
+        self.started = time.monotonic()
+
+    @property
+    def next_chunk_bytes(self) -> int:
+        start, end = self.chunks[0]
+        return (end - start) * self.region.block_bytes
+
+    def run_chunk(self) -> None:
+        """Stage the next chunk (its budget already reserved) and hand it to the tier (reader or writer)."""
+        start, end = self.chunks.popleft()
+        connection, region = self.connection, self.region
+        slots = self.message.slots[start:end]
+        try:
+            region.retain()
+        except RegionError:  # the connection ended and its region is closed: nothing more moves
+            connection.release_staging((end - start) * region.block_bytes)
+            connection.outbox.defer(lambda _sendable: self.report())
+            return
+        staging = Staging(end - start, region.block_bytes, connection.server.staging)
+        if self.kind is JobKind.STORE:
+            try:
+                region.read_slots(slots, staging.base)
+            except RegionError as exc:
+                connection.server.refuse("region_io", f"{connection.name}: job {self.message.job_id}: {exc}")
+                self._chunk_failed(start, end, staging, KeyStatus.REGION)
+                return
+        blocks = list(zip(self.message.keys[start:end], staging.views, strict=True))
+        assert connection.namespace is not None  # jobs are accepted only after the Hello
+        sub = BlockJob(self.message.job_id, connection.namespace, blocks, cancelled=connection.gone)
+
+        def on_done(result: JobResult) -> None:
+            """The tier finished the chunk (its threads): the rest happens on the writer thread."""
+            connection.outbox.defer(lambda sendable: self.chunk_done(start, staging, result, sendable))
+
+        submit = (
+            connection.server.tier.submit_load
+            if self.kind is JobKind.LOAD
+            else connection.server.tier.submit_store
+        )
+        try:
+            submit(sub, on_done)
+        except Exception:
+            self._chunk_failed(start, end, staging, KeyStatus.FAILED)
+
+    def _chunk_failed(self, start: int, end: int, staging: Staging, status: KeyStatus) -> None:
+        """The chunk never reached the tier: settle it and go on (reader or writer thread)."""
+        result = JobResult(self.message.job_id, self.kind, (), tuple([status] * (end - start)), 0, 0.0)
+        self.connection.outbox.defer(lambda sendable: self.chunk_done(start, staging, result, sendable))
+
+    def chunk_done(
+        self, start: int, staging: Staging, result: JobResult, sendable: bool
+    ) -> list[ServerMessage]:
+        """Write a load's blocks back, free the chunk, stage the next or report the job (writer thread)."""
+        connection = self.connection
+        statuses = list(result.statuses)
+        try:
+            if self.kind is JobKind.LOAD and sendable and connection.alive:
+                statuses = self._write_back(start, staging, statuses)
+        finally:
+            staging.close()
+            self.region.release()
+            connection.release_staging(len(statuses) * self.region.block_bytes)
+        self.statuses[start : start + len(statuses)] = statuses
+        self.moved += sum(self.region.block_bytes for status in statuses if status is KeyStatus.DONE)
+        if self.chunks and not connection.gone.is_set():
+            connection.stage_or_wait(self)
+            connection.resume_waiting()
+            return []
+        connection.resume_waiting()
+        return self.report()
+
+    def _write_back(self, start: int, staging: Staging, statuses: list[KeyStatus]) -> list[KeyStatus]:
+        loaded = [index for index, status in enumerate(statuses) if status is KeyStatus.DONE]
+        try:
+            self.region.write_slots(self.message.slots[start : start + len(statuses)], staging.base, loaded)
+        except RegionError as exc:
+            self.connection.server.refuse(
+                "region_io", f"{self.connection.name}: job {self.message.job_id}: {exc}"
+            )
+            return [KeyStatus.REGION if status.ok else status for status in statuses]
+        return statuses
+
+    def report(self) -> list[ServerMessage]:
+        """The JobDone, and the Drained it completes, if any (writer thread); unsent chunks: CANCELLED."""
+        self.chunks.clear()
+        result = JobResult(
+            self.message.job_id,
+            self.kind,
+            tuple(self.message.keys),
+            tuple(self.statuses),
+            self.moved,
+            time.monotonic() - self.started,
+        )
+        replies: list[ServerMessage] = [job_done(result)]
+        drained = self.connection.session.finish(self.message.job_id)
+        if drained is not None:
+            replies.append(drained)
+        return replies
+
+
+class StagingBudget:
+    """A connection's staged bytes and its jobs waiting for budget (guarded by `lock`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.staged = 0
+        self.waiting: collections.deque[StagedJob] = collections.deque()
+        self.lock = threading.Lock()
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a chunk of `nbytes` may be staged now (one chunk always may: a block can exceed it)."""
+        return not self.staged or self.staged + nbytes <= self.limit
