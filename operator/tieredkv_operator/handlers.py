@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 
 from tieredkv_operator import __version__, metrics
-from tieredkv_operator.kube import KubeError, shared
+from tieredkv_operator.kube import Kube, KubeError, shared
 from tieredkv_operator.reconcile import reconcile
 from tieredkv_operator.resources import names
 from tieredkv_operator.settings import OperatorSettings
@@ -47,21 +47,36 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch) -> None:
+def _reconcile(body: kopf.Body) -> None:
+    """A full pass from one of kopf's handlers: on the cache as it is now, not as kopf last saw it."""
     meta = body["metadata"]
-    with _locks[f"{meta['namespace']}/{meta['name']}"]:
-        outcome = reconcile(shared(), dict(body), SETTINGS, _now())
-    patch.status.update(outcome.status)
+    namespace, name = meta["namespace"], meta["name"]
+    with _locks[f"{namespace}/{name}"]:
+        _pass(shared(), namespace, name, apply=True)
+
+
+def _pass(kube: Kube, namespace: str, name: str, *, apply: bool) -> None:
+    """Read the cache, reconcile it, write its status and Events, all under the cache's lock.
+
+    The status is written here, not through kopf's patch after the handler returns: what it records
+    (seed fingerprint, handled requests, claim UID) must be visible to the next pass before it starts.
+    """
+    body = kube.get(API_VERSION, KIND, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    outcome = reconcile(kube, body, SETTINGS, _now(), apply=apply)
+    if outcome.status != (body.get("status") or {}):
+        kube.patch_status(namespace, name, outcome.status)
     for kind, reason, message in outcome.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
+        kube.post_event(body, kind, reason, message, component="tieredkv-operator")
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_cache(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+def reconcile_cache(body: kopf.Body, **_: Any) -> None:
     """Create, update and operator restart: converge the children and the status."""
-    _reconcile(body, patch)
+    _reconcile(body)
 
 
 @kopf.on.event("apps", "v1", "daemonsets", labels={names.LABEL_CACHE: kopf.PRESENT})
@@ -105,19 +120,11 @@ def _refresh(namespace: str, name: str, *, apply: bool) -> None:
         if key in _waiting:
             return
         _waiting.add(key)
-    kube = shared()
     with _locks[key]:
         with _waiting_lock:
             _waiting.discard(key)
         try:
-            body = kube.get(API_VERSION, KIND, namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            outcome = reconcile(kube, body, SETTINGS, _now(), apply=apply)
-            if outcome.status != (body.get("status") or {}):
-                kube.patch_status(namespace, name, outcome.status)
-            for kind, reason, message in outcome.events:
-                kube.post_event(body, kind, reason, message, component="tieredkv-operator")
+            _pass(shared(), namespace, name, apply=apply)
         except KubeError as err:
             log.warning("cache %s: %s", key, err)
 

@@ -134,6 +134,21 @@ class Kube:
         path = _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         return self._call("PUT", path, body=obj, query=query)
 
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Obj) -> Obj | None:
+        """JSON merge-patch an existing object; None if it does not exist (a patch never creates one)."""
+        try:
+            return self._call(
+                "PATCH",
+                _path(api_version, kind, namespace, name),
+                body=patch,
+                content_type="application/merge-patch+json",
+                query=[("fieldManager", FIELD_MANAGER)],
+            )
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:
             return self._call("GET", _path(api_version, kind, namespace, name))

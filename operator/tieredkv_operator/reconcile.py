@@ -58,6 +58,8 @@ class Pass:
     observed: status_mod.Observed
     errors: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    seed_read: bool = False
+    """The seed step already read (or wrote) the seed Secret: the status uses that, not a second read."""
 
     def attempt(self, what: str, action: Callable[[], Obj | None]) -> Obj | None:
         """Run one API write; a failure is noted and the others still go ahead."""
@@ -82,12 +84,11 @@ def _apply_all(run: Pass, settings: OperatorSettings) -> None:
     """Apply every child (a failure is noted and the others still go ahead), repairing drift."""
     cache, spec, observed = run.cache, run.spec, run.observed
     _claim(run)
+    # What agent pods need to be admitted (their ServiceAccount) comes first, then the DaemonSet itself,
+    # so agents start as early as possible; the rest follows.
+    _apply(run, rbac.service_account(cache))
     config_map = vllm_configmap.config_map(cache, spec)
-    _apply(run, config_map)
     observed.config_hash = config_map["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
-    for child in (rbac.service_account(cache), rbac.role(cache), rbac.role_binding(cache)):
-        _apply(run, child)
-    _apply(run, agents.metrics_service(cache))
     capacity = ((observed.pvc or {}).get("status") or {}).get("capacity", {}).get("storage")
     max_bytes = spec.effective_max_bytes(parse_quantity(capacity) if capacity else None)
     template = agents.pod_template(
@@ -99,6 +100,8 @@ def _apply_all(run: Pass, settings: OperatorSettings) -> None:
         pod_annotations=settings.agent_pod_annotations,
     )
     observed.daemon_set = _apply(run, agents.daemon_set(cache, spec, template))
+    for child in (config_map, rbac.role(cache), rbac.role_binding(cache), agents.metrics_service(cache)):
+        _apply(run, child)
 
 
 def _apply(run: Pass, desired: Obj) -> Obj | None:
@@ -214,6 +217,8 @@ def _converge(kube: Kube, body: Obj, settings: OperatorSettings, now: str, *, ap
 def _seed_step(run: Pass, *, write: bool) -> None:
     plan = ensure_seed(run.kube, run.cache, run.spec, run.body, write=write, attempt=run.attempt)
     run.observed.seed_problem = plan.problem
+    if plan.secret_read:
+        run.observed.seed_secret, run.seed_read = plan.secret, True
     requests = plan.recorded.pop("handledRequests", {})
     run.observed.recorded.update(plan.recorded)
     for annotation, value in requests.items():
@@ -230,5 +235,6 @@ def _observe(run: Pass, *, children: bool) -> None:
         observed.claim_deleted = observed.pvc is None and bool(observed.recorded.get("claimUid"))
         observed.daemon_set = kube.get("apps/v1", "DaemonSet", ns, names.agent_name(cache.name))
         observed.config_hash = vllm_configmap.rendered(cache, spec)[1]
-    observed.seed_secret = kube.get("v1", "Secret", ns, names.seed_secret(cache.name, spec)[0])
+    if not run.seed_read:
+        observed.seed_secret = kube.get("v1", "Secret", ns, names.seed_secret(cache.name, spec)[0])
     observed.pods = kube.list("v1", "Pod", ns, f"{names.LABEL_CACHE}={cache.name}")

@@ -37,8 +37,9 @@ def ensure_seed(
             attempt("Secret", lambda: kube.apply(literal))
         return seed_mod.plan_user_seed(spec.hash_seed.value, "spec.hashSeed.value", status, cache.uid)
     plan, live = _plan_generated(kube, cache, spec, body, write=write)
+    plan.secret, plan.secret_read = live, True
     if write:
-        _carry_out(kube, cache, spec, plan, attempt, live=live)
+        plan.secret = _carry_out(kube, cache, spec, plan, attempt, live=live)
     else:
         plan.recorded, plan.events = {}, []
     return plan
@@ -75,29 +76,39 @@ def _carry_out(
     attempt: Attempt,
     *,
     live: Obj | None,
-) -> None:
+) -> Obj | None:
+    """Write what the plan says, the backup first (a seed is never only in one place); return the seed
+    Secret as written (or as read, when nothing was written to it)."""
     key = names.seed_secret(cache.name, spec)[1]
-    if plan.create_secret is not None:
-        fresh = storage.seed_secret(cache, spec, plan.create_secret)
-        assert fresh is not None
-        attempt("Secret", lambda: kube.create(fresh, field_manager=SEED_FIELD_MANAGER))
-    elif plan.replace_secret is not None and live is not None:
-        replaced = {**live, "data": {**(live.get("data") or {}), key: _b64(plan.replace_secret)}}
-        attempt("Secret", lambda: kube.replace(replaced, field_manager=SEED_FIELD_MANAGER))
-    elif live is not None:  # keep its value, keep labels and ownerReferences current
-        meta_only = storage.seed_secret(cache, spec, "")
-        assert meta_only is not None
-        meta_only.pop("stringData")
-        meta_only.pop("type")
-        # The resourceVersion read: if the Secret was deleted meanwhile, this fails instead of creating
-        # an empty one (the next pass restores it from the backup).
-        meta_only["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
-        attempt("Secret", lambda: kube.apply(meta_only))
     if plan.backup is not None:
         backup = storage.seed_backup(cache, spec, plan.backup)
         assert backup is not None
         backup["data"] = {k: _b64(v) for k, v in backup.pop("stringData").items()}
         attempt("Secret", lambda: kube.apply(backup))
+    if plan.create_secret is not None:
+        fresh = storage.seed_secret(cache, spec, plan.create_secret)
+        assert fresh is not None
+        return attempt("Secret", lambda: kube.create(fresh, field_manager=SEED_FIELD_MANAGER)) or live
+    if plan.replace_secret is not None and live is not None:
+        replaced = {**live, "data": {**(live.get("data") or {}), key: _b64(plan.replace_secret)}}
+        return attempt("Secret", lambda: kube.replace(replaced, field_manager=SEED_FIELD_MANAGER)) or live
+    if live is not None:  # keep its value, keep labels and ownerReferences current
+        built = storage.seed_secret(cache, spec, "")
+        assert built is not None
+        meta = built["metadata"]
+        # A merge patch, not an apply: if the Secret was deleted meanwhile, it is not recreated empty
+        # (the next pass restores it from the backup).
+        patch = {"metadata": {"labels": meta["labels"], "ownerReferences": meta.get("ownerReferences")}}
+        if _needs_patch(live, patch["metadata"]):
+            attempt("Secret", lambda: kube.merge_patch("v1", "Secret", cache.namespace, meta["name"], patch))
+    return live
+
+
+def _needs_patch(live: Obj, wanted: Obj) -> bool:
+    meta = live.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    missing = any(labels.get(k) != v for k, v in wanted["labels"].items())
+    return missing or (meta.get("ownerReferences") or None) != wanted["ownerReferences"]
 
 
 def _b64(text: str) -> str:

@@ -18,6 +18,7 @@ recorded (a Warning Event and the new fingerprint), not refused.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ SEED_REGENERATED: Final = "SeedRegenerated"
 SEED_RESTORED: Final = "SeedRestored"
 
 
+@functools.lru_cache(maxsize=256)
 def fingerprint(seed: str, salt: str) -> str:
     """16 hex digits of PBKDF2-SHA256 over the seed, salted with the cache's UID (not the seed itself)."""
     digest = hashlib.pbkdf2_hmac(
@@ -70,6 +72,10 @@ class SeedPlan:
     problem: tuple[str, str] | None = None
     events: list[Event] = field(default_factory=list)
     recorded: Obj = field(default_factory=dict)
+    secret: Obj | None = None
+    """The seed Secret as the plan saw it, or as written: the status judges this one, so one pass never
+    mixes two reads (a Secret deleted between them would be reported without its restoration)."""
+    secret_read: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ left alone is queued for a background thread to post).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -26,7 +28,7 @@ from tieredkv_operator.resources.injection import inject
 from tieredkv_operator.resources.injection_model import cache_view
 from tieredkv_operator.resources.validation import validate
 from tieredkv_operator.settings import OperatorSettings
-from tieredkv_operator.spec import GROUP, PLURAL, VERSION
+from tieredkv_operator.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("tieredkv_operator.webhooks")
 SETTINGS = OperatorSettings()
@@ -104,7 +106,7 @@ async def inject_pod(
     if not _namespace_served(namespace):
         metrics.record_admission(metrics.WEBHOOK_PODS, "ignored", "", time.monotonic() - started)
         return
-    bodies = list(caches_by_namespace.get(namespace, []))
+    bodies = list(caches_by_namespace.get(namespace, [])) or await _caches_from_api(namespace)
     result = inject(dict(body), [cache_view(b) for b in bodies], plugin_image=SETTINGS.agent_image)
     outcome = "skipped" if result.skip_reason else "injected" if result.changed else "unchanged"
     reason = result.skip_reason.value if result.skip_reason else ""
@@ -121,6 +123,26 @@ async def inject_pod(
             pod = body.get("metadata", {}).get("name") or body.get("metadata", {}).get("generateName", "pod")
             reason = "PodSkipped" if result.skip_reason else "PodInjectedWithWarnings"
             _post_event(owner, reason, f"pod {pod}: {result.message}")
+
+
+_lookups = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook-lookup")
+LOOKUP_TIMEOUT_SECONDS = 2.0
+
+
+async def _caches_from_api(namespace: str) -> list[dict[str, Any]]:
+    """The namespace's caches read from the API, for a pod whose namespace has none in kopf's index.
+
+    A cache applied together with its pods (one `kubectl apply`) can reach admission before kopf's watch
+    has indexed it; without this the pods would be skipped as cache-not-found. Bounded by a timeout; on
+    any error the pod is judged by the index alone.
+    """
+    loop = asyncio.get_running_loop()
+    call = loop.run_in_executor(_lookups, lambda: shared().list(API_VERSION, KIND, namespace, ""))
+    try:
+        return await asyncio.wait_for(call, LOOKUP_TIMEOUT_SECONDS)
+    except (KubeError, TimeoutError) as err:
+        log.warning("could not list the caches of namespace %s: %s", namespace, err)
+        return []
 
 
 _events: queue.Queue[tuple[dict[str, Any], str, str]] = queue.Queue(maxsize=1000)

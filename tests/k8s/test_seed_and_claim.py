@@ -90,7 +90,7 @@ def test_a_lost_seed_is_not_replaced_until_a_new_one_is_asked_for(
     assert _seed(core, ns) is None and _seed(core, ns, BACKUP) is None
     _annotate(api, ns, {"tieredkv.io/regenerate-seed": "first"})
     testing.wait_for(lambda: _seed(core, ns) is not None, 30, "a new seed on request")
-    assert _seed(core, ns, BACKUP) == _seed(core, ns) != old
+    assert _seed(core, ns, BACKUP) == _seed(core, ns) != old  # the backup is written first
     after = caches.wait_condition(api, ns, "c", "SeedConsistent", "True", timeout=30)
     assert after["status"]["seedFingerprint"] != ready["status"]["seedFingerprint"]
     assert after["status"]["handledRequests"] == {"tieredkv.io/regenerate-seed": "first"}
