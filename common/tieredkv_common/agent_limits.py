@@ -50,6 +50,8 @@ MAX_INFLIGHT_BYTES = 512 * MiB
 """Per connection: bytes of Store and Load jobs accepted and not yet reported (the agent stages them)."""
 MAX_TOTAL_INFLIGHT_BYTES = 2 * GiB
 """Per agent: the same, summed over every connection (bounds the staging memory of the agent)."""
+MAX_IDLE_STAGING_BYTES = 256 * MiB
+"""Per agent: staging buffers of finished jobs kept for reuse (mapping fresh memory per job is slow)."""
 MAX_BUFFERED_FRAME_BYTES = 64 * MiB
 """Per agent: bytes of partial frames held for all connections together; a connection over its share
 when the budget is spent is closed."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from tieredkv_devcluster import controlplane, paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tieredkv_devcluster", description=__doc__)
     parser.add_argument(
         "--state-dir", type=Path, default=None, help="default: $TIEREDKV_CLUSTER_DIR or .cluster/"
@@ -21,10 +21,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("down", help="stop every process the cluster started, by recorded PID")
     sub.add_parser("status", help="print the cluster's state as JSON")
     demo_parser = sub.add_parser("demo", help="bring the cluster up, install tieredkv, run the quickstart")
-    demo_parser.add_argument("--scenario", default="share", choices=["share", "seed-mismatch"])
+    demo_parser.add_argument(
+        "--scenario", default="share", help="share (default), native, standin or seed-mismatch"
+    )
     sim = sub.add_parser("sim", help="(internal) run the node simulator")
     sim.add_argument("--nodes", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     state_dir = args.state_dir or paths.default_state_dir()
     if args.command == "up":
         cluster = controlplane.up(state_dir, nodes=args.nodes)

@@ -172,3 +172,17 @@ def test_a_sub_path_may_not_leave_its_volume(tmp_path: Path) -> None:
     }
     (mount,) = volumes.container_mounts(pod(), inside, sources)
     assert (mount.source, mount.target, mount.read_only) == (str(tmp_path / "v" / "a" / "b"), "/m", True)
+
+
+def test_the_demo_command_line_takes_every_scenario_the_demo_knows() -> None:
+    from tieredkv_devcluster import cli, demo
+
+    for name in demo.SCENARIOS:
+        assert cli.build_parser().parse_args(["demo", "--scenario", name]).scenario == name
+
+
+def test_an_unknown_demo_scenario_is_refused_listing_the_known_ones() -> None:
+    from tieredkv_devcluster import demo
+
+    with pytest.raises(SystemExit, match="native: the same in native mode"):
+        demo.run(Path("/nonexistent"), "nativ")

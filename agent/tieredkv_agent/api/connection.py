@@ -270,7 +270,7 @@ class Connection:
             self.server.refuse("total_inflight_bytes", f"{self.name}: {text}")
             self._refuse_job(job.job_id, ErrorCode.OVERLOADED, text)
             return
-        staging = Staging(len(slots), region.block_bytes)
+        staging = Staging(len(slots), region.block_bytes, self.server.staging)
         region.retain()
         if isinstance(job, Store):
             try:

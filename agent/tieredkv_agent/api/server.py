@@ -34,6 +34,7 @@ from tieredkv_agent.api.protocol import Error, ErrorCode, Goodbye, Hello
 from tieredkv_agent.api.run_config import parse_run_config, write_config_json
 from tieredkv_agent.api.session import Limits
 from tieredkv_agent.api.socket_lock import SocketLock
+from tieredkv_agent.engine.region import StagingCache
 from tieredkv_agent.store.blocksize import existing_block_bytes
 from tieredkv_agent.store.modes import DIR_MODE
 from tieredkv_agent.store.naming import Namespace, blocks_dir_name, namespace_at, namespace_name_problem
@@ -62,6 +63,7 @@ class AgentLimits:
     max_region_bytes: int = agent_limits.MAX_REGION_BYTES
     max_send_queue_bytes: int = agent_limits.MAX_SEND_QUEUE_BYTES
     send_timeout_s: float = agent_limits.SEND_TIMEOUT_S
+    max_idle_staging_bytes: int = agent_limits.MAX_IDLE_STAGING_BYTES
 
     def __post_init__(self) -> None:
         if min(self.max_connections, self.max_total_inflight_bytes, self.max_send_queue_bytes) < 1:
@@ -116,6 +118,8 @@ class AgentServer:
         self._buffered_bytes = 0
         self._count = 0
         self._closed = False
+        self.staging = StagingCache(self.agent_limits.max_idle_staging_bytes)
+        """Staging buffers of finished jobs, reused by the next ones (connection threads)."""
         self._socket_lock = SocketLock(self.socket_path)
         self._listener, self._socket_identity = self._bind()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="tkv-api-accept", daemon=True)

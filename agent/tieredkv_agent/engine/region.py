@@ -110,19 +110,69 @@ class ClientRegion:
                 )
 
 
+PAGE = mmap.PAGESIZE
+
+
+def size_class(nbytes: int) -> int:
+    """The mapping size a staging buffer of `nbytes` gets: a power of two of pages (so buffers recur)."""
+    pages = max(1, -(-nbytes // PAGE))
+    return PAGE << (pages - 1).bit_length()
+
+
+class StagingCache:
+    """Staging mappings kept for reuse, at most `max_idle_bytes` of them idle (any thread).
+
+    A fresh anonymous mapping costs a page fault per page on first touch and an munmap at the end: about
+    0.6 GB/s for 32 MiB jobs on the development machine, against several GB/s for a mapping used before.
+    """
+
+    def __init__(self, max_idle_bytes: int) -> None:
+        self.max_idle_bytes = max_idle_bytes
+        self._lock = threading.Lock()
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._idle = 0
+
+    def take(self, nbytes: int) -> mmap.mmap:
+        size = size_class(nbytes)
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                self._idle -= size
+                return free.pop()
+        return mmap.mmap(-1, size)
+
+    def give(self, mapped: mmap.mmap) -> None:
+        size = len(mapped)
+        with self._lock:
+            if self._idle + size <= self.max_idle_bytes:
+                self._free.setdefault(size, []).append(mapped)
+                self._idle += size
+                return
+        with contextlib.suppress(BufferError):  # a view escaped (a copy holds it): the collector frees it
+            mapped.close()
+
+    @property
+    def idle_bytes(self) -> int:
+        return self._idle
+
+
 class Staging:
     """An agent-owned, page-aligned buffer of `count` blocks and its per-block views (one job's bytes)."""
 
-    def __init__(self, count: int, block_bytes: int) -> None:
+    def __init__(self, count: int, block_bytes: int, cache: StagingCache | None = None) -> None:
         self.nbytes = count * block_bytes
-        self._map = mmap.mmap(-1, max(self.nbytes, 1))
+        self._cache = cache
+        self._map = cache.take(self.nbytes) if cache is not None else mmap.mmap(-1, max(self.nbytes, 1))
         self.base = memoryview(self._map)[: self.nbytes]
         self.views = [self.base[index * block_bytes : (index + 1) * block_bytes] for index in range(count)]
 
     def close(self) -> None:
-        """Free the buffer once no tier uses the views any more (whichever thread ends the job)."""
+        """Free (or hand back) the buffer once no tier uses the views (whichever thread ends the job)."""
         for view in self.views:
             view.release()
         self.base.release()
+        if self._cache is not None:
+            self._cache.give(self._map)
+            return
         with contextlib.suppress(BufferError):  # a view escaped (a copy holds it): the collector frees it
             self._map.close()

@@ -207,7 +207,7 @@ def namespace_for(root: str | os.PathLike[str], config: RunConfig, *, rank: int 
     digest = config_digest(fields)
     base = Path(root) / f"{safe_model_name(config.model_name)}_{digest}"
     effective_rank = 0 if config.parallel_agnostic else rank
-    return Namespace(fields, digest, base, base.with_name(f"{base.name}_r{effective_rank}"))
+    return Namespace(fields, digest, base, base.with_name(blocks_dir_name(base.name, effective_rank)))
 
 
 def config_json_text(fields: dict[str, object]) -> str:
