@@ -80,6 +80,9 @@ test-unit: venv tools prometheus  ## tests/unit
 test-k8s: deps  ## tests/k8s against a real local control plane
 	hack/pytest-tier.sh tests/k8s k8s -q
 
+test-gluster: venv gluster  ## tests/gluster: the agent's file tier through two FUSE clients of a GlusterFS volume
+	hack/pytest-tier.sh tests/gluster gluster -q
+
 test-gpu: venv  ## tests/gpu (skipped without CUDA)
 	hack/pytest-tier.sh tests/gpu gpu -q
 
@@ -91,7 +94,7 @@ test-vllm: vllm-env  ## tests/vllm: real vLLM engines and each line's tiering ma
 	hack/vllm-tier.sh -q
 
 # k8s last: its summary closes the log.
-test: lint typecheck imports test-unit test-gpu test-vllm test-k8s  ## everything CI runs (.ci/run)
+test: lint typecheck imports test-unit test-gluster test-gpu test-vllm test-k8s  ## everything CI runs (.ci/run)
 
 cluster-up: deps  ## start the local control plane alone
 	$(BIN)/python -m tieredkv_devcluster up

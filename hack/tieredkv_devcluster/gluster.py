@@ -36,6 +36,12 @@ VOLUME = "tkv"
 GLUSTERD_PORT = 24007
 BINARIES = ("glusterd", "gluster", "glusterfs")
 BRICKS = 2
+TEMP_HASH_REGEX = "^(.+[.]bin)_[0-9]+(_w[0-9a-f]+)?[.]tmp$"
+"""`cluster.extra-hash-regex`: a block's temp file `<block>.bin_<random>[_w<tag>].tmp` is placed by the hash
+of `<block>.bin`, on the brick of its final name, so the publishing `link(2)` stays on one brick (see
+docs/dev-cluster.md: without it, two clients linking one name across bricks can expose DHT link files).
+No backslashes: gluster's volfile parser stops at them."""
+VOLUME_OPTIONS = {"cluster.extra-hash-regex": TEMP_HASH_REGEX}
 
 
 def missing_binaries() -> list[str]:
@@ -144,6 +150,8 @@ def start_server(root: Path) -> tuple[GlusterInfo, list[procs.ProcessRecord]]:
         _wait(lambda: glusterd.alive() and cli(info, "volume", "list") is not None, 30, "glusterd's CLI")
         bricks = [f"{address}:{root / 'bricks' / f'b{n}'}" for n in range(1, BRICKS + 1)]
         cli(info, "volume", "create", VOLUME, "transport", "tcp", *bricks, "force")
+        for option, value in VOLUME_OPTIONS.items():
+            cli(info, "volume", "set", VOLUME, option, value)
         cli(info, "volume", "start", VOLUME)
         brick_records = _brick_records(root)
         records += brick_records

@@ -20,6 +20,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tieredkv_devcluster import paths, testing
+from tieredkv_devcluster.gluster import GlusterInfo
+from tieredkv_devcluster.sim import GLUSTER_STORAGE_CLASS
 from tieredkv_devcluster.sim.volumes import gluster_path
 
 QUICKSTART = paths.REPO_ROOT / "docs" / "examples" / "quickstart.yaml"
@@ -35,10 +37,12 @@ def manifests(
     prompts: dict[str, list[str]] | None = None,
     *,
     simulated: bool = True,
+    storage_class: str | None = None,
 ) -> list[dict[str, Any]]:
     """The quickstart objects, moved to `namespace`; `prompts` replaces an engine's `--prompt` list.
 
-    `simulated` marks the engine pods for the node simulator of the local control plane.
+    `simulated` marks the engine pods for the node simulator of the local control plane; `storage_class`
+    sets the cache's `storage.storageClassName`.
     """
     docs = [doc for doc in yaml.safe_load_all(QUICKSTART.read_text()) if doc]
     for doc in docs:
@@ -47,6 +51,8 @@ def manifests(
         else:
             doc["metadata"]["namespace"] = namespace
         name = doc["metadata"]["name"]
+        if doc["kind"] == "TieredKVCache" and storage_class:
+            doc["spec"]["storage"]["storageClassName"] = storage_class
         if doc["kind"] == "Deployment" and simulated:
             doc["spec"]["template"]["metadata"].setdefault("annotations", {}).update(SIM_ANNOTATIONS)
         if doc["kind"] == "Deployment" and prompts and name in prompts:
@@ -189,6 +195,33 @@ def pv_directory(kube: testing.TestCluster, pv: dict[str, Any], node: str = "tkv
         return gluster_path(kube.layout.nodes / node, gluster_source["path"])
     source = spec.get("hostPath") or spec.get("host_path") or spec.get("local") or {}
     return Path(source["path"]) if source.get("path") else None
+
+
+def storage_class(kube: testing.TestCluster) -> str | None:
+    """`tieredkv-gluster` when the local cluster runs GlusterFS, else None (the cluster's default class)."""
+    if kube.layout is None or not kube.layout.state_file.exists():
+        return None
+    recorded = json.loads(kube.layout.state_file.read_text())
+    return GLUSTER_STORAGE_CLASS if recorded.get("gluster") else None
+
+
+def gluster_clients(kube: testing.TestCluster) -> dict[str, str]:
+    """Per simulated node, the GlusterFS client its pods use: "pid P, FUSE device M:N, at <mount>"."""
+    if kube.layout is None or not kube.layout.state_file.exists():
+        return {}
+    recorded = json.loads(kube.layout.state_file.read_text()).get("gluster")
+    if not recorded:
+        return {}
+    info = GlusterInfo.from_json(recorded)
+    out = {}
+    for rec_file in sorted(info.clients_dir.glob("*.json")):
+        client = json.loads(rec_file.read_text())
+        device = Path(client["mount"]).stat().st_dev
+        out[rec_file.stem] = (
+            f"glusterfs pid {client['pid']}, FUSE device {os.major(device)}:{os.minor(device)}, "
+            f"at {client['mount']}"
+        )
+    return out
 
 
 def _blocks(root: Path) -> Iterator[Path]:

@@ -18,7 +18,8 @@ the same publish, so an existing block is never replaced; on a filesystem withou
 EOPNOTSUPP, EXDEV, EMLINK) the store falls back to vLLM's rename.
 
 Load: open(O_RDONLY[|O_DIRECT]) and one preadv of exactly the block size into the caller's buffer.
-A file proven shorter than the block is deleted (SHORT_DELETED, never served); any other error
+A file proven shorter than the block is deleted (SHORT_DELETED, never served); ENOENT and ESTALE (the
+file was removed through another client of a network filesystem) are MISSING; any other error
 leaves the file in place (IO_ERROR). Per-block failures are returned, never raised; only
 programming errors (a read-only destination, a non-contiguous buffer) raise.
 
@@ -53,6 +54,12 @@ TEMP_SUFFIX = ".tmp"
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
 """link(2) errors meaning "this filesystem has no hard links here", not "this store failed"."""
 """Temp files are `<final name>_<random 63-bit decimal>.tmp`, in the final file's directory."""
+_GONE = frozenset({errno.ENOENT, errno.ESTALE})
+"""A path that is not there, as a network filesystem says it: ESTALE when another client removed (or is
+just creating) a directory or file whose handle this client still caches (NFS, GlusterFS)."""
+CREATE_ATTEMPTS = 3
+"""Opens of a temp file, each after (re)creating its directories: two clients creating one directory tree
+at once can see ENOENT or ESTALE from it for a moment (GlusterFS's distribute layer does)."""
 
 _CREATE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_TRUNC
 
@@ -350,12 +357,19 @@ class BlockFiles:
         return written
 
     def _create(self, tmp: str, flags: int) -> int:
-        """Open the temp file, creating the block's directories on the first ENOENT."""
-        try:
-            fd = self._ops.open(tmp, flags, FILE_MODE)
-        except FileNotFoundError:
-            self._ops.makedirs(tmp.rpartition("/")[0])
-            fd = self._ops.open(tmp, flags, FILE_MODE)
+        """Open the temp file; on ENOENT or ESTALE (re)create the block's directories and try again."""
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                fd = self._ops.open(tmp, flags, FILE_MODE)
+                break
+            except OSError as exc:
+                if exc.errno not in _GONE or attempt == CREATE_ATTEMPTS:
+                    raise
+            try:
+                self._ops.makedirs(tmp.rpartition("/")[0])
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
         try:
             self._ops.fchmod(fd, FILE_MODE)  # the umask is not ours to trust
         except OSError:
@@ -388,7 +402,7 @@ class BlockFiles:
         except (FileNotFoundError, NotADirectoryError):
             return _MISSING
         except OSError as exc:
-            return _load_failed(exc)
+            return _MISSING if exc.errno == errno.ESTALE else _load_failed(exc)
         if got == view.nbytes:
             return _LOADED
         return self._on_short_read(path, view.nbytes, got, opened)
