@@ -1,8 +1,9 @@
 """From the tier's sources of truth to KV-event changes: a published block file, a GC deletion.
 
 Which agent says what (docs/events.md): every agent publishes BlockStored for the block files its own
-stores published (the rename that made the file visible), and the GC leader publishes BlockRemoved for
-every block file its passes deleted. A subscriber connects to every agent of the cache (the events
+stores published (the link that made the file visible: exactly one writer wins it), BlockRemoved for a
+file one of its loads found short and deleted, and the GC leader publishes BlockRemoved for every block
+file its passes deleted. A subscriber connects to every agent of the cache (the events
 Service's endpoints) and keeps the union; the identity in the topics is the cache's, so the view is one
 "pool" rather than one phantom pod per agent.
 
@@ -12,7 +13,7 @@ index. The topic's model is `model_name` from the namespace's config.json (the s
 with); the event's `ownership` is the namespace directory name `<safe_model>_<digest12>`, so that two
 run configs of one model (other dtype, other parallel sizes) stay apart.
 
-Threads: `stored` runs on the file tier's I/O threads, `evicted` on the GC's eviction threads; both only
+Threads: `block_file` runs on the file tier's I/O threads, `evicted` on the GC's eviction threads; both only
 parse names and enqueue (`KvEventPublisher.publish` never blocks). The model name of a namespace is read
 from its config.json once and kept (a bounded map).
 """
@@ -23,8 +24,9 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import Protocol
 
-from tieredkv_agent.events.publisher import Change, KvEventPublisher
+from tieredkv_agent.events.publisher import Change
 from tieredkv_agent.events.wire import topic_for
 from tieredkv_agent.store.naming import Namespace, parse_namespace_dir, split_offload_key
 
@@ -33,17 +35,24 @@ log = logging.getLogger(__name__)
 MAX_KNOWN_NAMESPACES = 4096
 
 
+class ChangeSink(Protocol):
+    """Where changes go: `KvEventPublisher.publish` (never blocks; False when the change was dropped)."""
+
+    def publish(self, change: Change) -> bool: ...
+
+
 class BlockEvents:
     """Turns block-file changes of one cache into queued events on `publisher` under `identity`."""
 
-    def __init__(self, publisher: KvEventPublisher, identity: str) -> None:
+    def __init__(self, publisher: ChangeSink, identity: str) -> None:
         self.publisher = publisher
         self.identity = identity
         self._models: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def stored(self, namespace: Namespace, key: bytes) -> None:
-        """This agent's store published the block file of `key` (file-tier I/O threads)."""
+    def block_file(self, namespace: Namespace, key: bytes, present: bool) -> None:
+        """This agent's store published (`present`) or a load deleted the block file of `key` as short
+        (file-tier I/O threads: the file tier's `on_block_file`)."""
         block_hash, group = split_offload_key(key)
         name = namespace.config_dir.name
         model = namespace.fields.get("model_name")
@@ -51,7 +60,8 @@ class BlockEvents:
             self._remember(name, model)
         else:
             model = self._model(namespace.config_dir)
-        self.publisher.publish(Change(topic_for(self.identity, model), False, block_hash, group, name))
+        change = Change(topic_for(self.identity, model), not present, block_hash, group, name)
+        self.publisher.publish(change)
 
     def evicted(self, path: str) -> None:
         """GC deleted the block file at `path` (GC eviction threads); names it cannot parse are skipped."""
