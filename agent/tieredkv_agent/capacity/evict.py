@@ -86,13 +86,28 @@ class EvictionResult:
         self.stopped = self.stopped or other.stopped
 
 
+EvictedHook = Callable[[str], None]
+"""Hears the path of each block file an eviction deleted (eviction worker threads; must not block)."""
+
+
+def _no_hook(path: str) -> None:
+    """The default `EvictedHook`: nobody is told."""
+
+
 class _Walk:
     """State shared by the eviction workers: the plan, the cutoff bucket's remaining budget."""
 
     def __init__(
-        self, plan: EvictionPlan, *, dry_run: bool, should_stop: Callable[[], bool], record_limit: int
+        self,
+        plan: EvictionPlan,
+        *,
+        dry_run: bool,
+        should_stop: Callable[[], bool],
+        record_limit: int,
+        on_evicted: EvictedHook = _no_hook,
     ) -> None:
         self.plan = plan
+        self.on_evicted = on_evicted
         self.dry_run = dry_run
         self.should_stop = should_stop
         self.record_limit = record_limit
@@ -162,6 +177,8 @@ class _Walk:
                 out.bytes += st.st_size
                 if len(out.paths) < self.record_limit:
                     out.paths.append(entry.path)
+                if not self.dry_run:
+                    self.on_evicted(entry.path)
         if deleted and deleted == len(entries) and self._rmdir(path):
             out.removed_dirs += 1
             return True
@@ -188,8 +205,11 @@ def evict(
     dry_run: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     record_limit: int = 1000,
+    on_evicted: EvictedHook | None = None,
 ) -> EvictionResult:
     """Walk the `<h[0:3]>` directories and delete what `plan` selects (GC thread or CLI main thread).
+
+    `on_evicted` hears every deleted block file's path, never in a dry run (the KV events' BlockRemoved).
 
     A leaf (and then a prefix) directory this walk empties is removed at once; a writer that loses
     the race re-creates it (the agent's `BlockFiles` does; vLLM's store of that one block fails).
@@ -197,7 +217,13 @@ def evict(
     result = EvictionResult()
     if plan.empty:
         return result
-    walk = _Walk(plan, dry_run=dry_run, should_stop=should_stop, record_limit=record_limit)
+    walk = _Walk(
+        plan,
+        dry_run=dry_run,
+        should_stop=should_stop,
+        record_limit=record_limit,
+        on_evicted=on_evicted or _no_hook,
+    )
     paths = list(prefix_dirs)
     batches = [paths[i : i + PREFIXES_PER_TASK] for i in range(0, len(paths), PREFIXES_PER_TASK)]
     if threads <= 1:

@@ -121,6 +121,7 @@ class CapacityManager:
     scan_interval_s  seconds between passes while leader (30 s)
     scan_threads     worker threads for the scan and the eviction walk (4)
     watch_filesystem also evict when the filesystem is past the high watermark (True)
+    on_evicted       hears the path of every block file a pass deleted (eviction threads; None)
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class CapacityManager:
         clock: Callable[[], float] = time.time,
         fs_usage: Callable[[str], tuple[int, int]] = filesystem_usage,
         record_limit: int = 1000,
+        on_evicted: Callable[[str], None] | None = None,
     ) -> None:
         if not 0 < low_watermark < high_watermark <= 1:
             raise ValueError("need 0 < low_watermark < high_watermark <= 1")
@@ -156,6 +158,8 @@ class CapacityManager:
         self.scan_threads = scan_threads
         self.watch_filesystem = watch_filesystem
         self.record_limit = record_limit
+        self.on_evicted = on_evicted
+        """Hears each block file a pass deleted (eviction threads): the KV events' BlockRemoved."""
         self._elector = elector
         self._clock = clock
         self._fs_usage = fs_usage
@@ -272,6 +276,7 @@ class CapacityManager:
                 dry_run=dry_run,
                 should_stop=self._should_stop if not dry_run else lambda: False,
                 record_limit=self.record_limit,
+                on_evicted=self.on_evicted,
             )
             if dry_run or not self._should_stop():
                 swept = sweep(scan.old_temps, scan.empty_dirs, cutoffs.orphan_temp_ns, dry_run=dry_run)

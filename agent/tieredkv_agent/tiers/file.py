@@ -62,6 +62,15 @@ def _nothing() -> None:
     """The default `on_no_space`: nobody is told."""
 
 
+BlockFileHook = Callable[[Namespace, bytes, bool], None]
+"""Hears (namespace, offload key, True) for each block file a store of this tier published, and
+(..., False) for each one a load found short and deleted (I/O worker threads; must not block)."""
+
+
+def _no_file_hook(namespace: Namespace, key: bytes, present: bool) -> None:
+    """The default `on_block_file`: nobody is told."""
+
+
 _STORE_STATUS = {
     StoreStatus.STORED: KeyStatus.DONE,
     StoreStatus.ALREADY_PRESENT: KeyStatus.PRESENT,
@@ -91,9 +100,15 @@ class _BlockIO:
     """The pool's block handler: one file per block, with the index kept up to date."""
 
     def __init__(
-        self, files: BlockFiles, index: LookupIndex, timer: BlockTimer, on_no_space: Callable[[], None]
+        self,
+        files: BlockFiles,
+        index: LookupIndex,
+        timer: BlockTimer,
+        on_no_space: Callable[[], None],
+        on_block_file: BlockFileHook = _no_file_hook,
     ) -> None:
         self._files = files
+        self._on_block_file = on_block_file
         self._index = index
         self._timer = timer
         self._tell_no_space = on_no_space
@@ -106,6 +121,13 @@ class _BlockIO:
         if now - self._no_space_logged >= NO_SPACE_LOG_INTERVAL_S:
             self._no_space_logged = now
             log.error("the cache volume is full (ENOSPC/EDQUOT): stores fail until GC frees space")
+
+    def _tell(self, namespace: Namespace, key: bytes, *, present: bool) -> None:
+        """Tell `on_block_file` (the KV events) of a new or deleted file; its failure fails no job."""
+        try:
+            self._on_block_file(namespace, key, present)
+        except Exception:
+            log.exception("the on_block_file hook failed")
 
     def run_block(self, state: JobState, index: int) -> KeyStatus:
         """Store or load one block (I/O worker threads)."""
@@ -121,6 +143,8 @@ class _BlockIO:
             stored = self._files.store(path, view)
             if stored.ok:
                 self._index.add(state.namespace, (key,))
+                if stored.status is StoreStatus.STORED:
+                    self._tell(state.namespace, key, present=True)
                 return _STORE_STATUS[stored.status]
             if stored.errno in NO_SPACE_ERRNOS:
                 self._on_no_space()
@@ -133,6 +157,8 @@ class _BlockIO:
             touch_on_hit(path)  # keeps GC's least-recently-used order true across nodes (throttled)
         else:
             self._index.mark_missing(state.namespace, (key,))
+            if loaded.status is LoadStatus.SHORT_DELETED:
+                self._tell(state.namespace, key, present=False)
             if loaded.status is not LoadStatus.MISSING:
                 log.warning("load of %s failed (%s): %s", path, loaded.status.value, loaded.detail)
         return _LOAD_STATUS[loaded.status]
@@ -165,13 +191,15 @@ class FileTier:
         block_timer: BlockTimer = _no_timer,
         on_no_space: Callable[[], None] = _nothing,
         writer_tag: str = "",
+        on_block_file: BlockFileHook = _no_file_hook,
     ) -> None:
         """Probe the volume, start the I/O and index threads (agent's main thread).
 
         `direct=None` probes `root_dir` for O_DIRECT. `clock` and `background_index=False` are for tests.
         `block_timer` hears each block's I/O time (the agent's histogram); `on_no_space` is called on
         every store that found the volume full (I/O worker threads; it must not wait); `writer_tag` tags
-        the temp file names (see `tieredkv_agent.store.writers`).
+        the temp file names (see `tieredkv_agent.store.writers`); `on_block_file` hears each block file this
+        tier's stores published or its loads deleted as short (I/O worker threads; the KV events).
         """
         self.root_dir = Path(root_dir)
         self.root_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +220,7 @@ class FileTier:
         try:
             self._admission = AdmissionFilter(threshold=store_threshold, max_tracker_size=max_tracker_size)
             self._pool = DualPriorityPool(
-                _BlockIO(self._files, self._index, block_timer, on_no_space),
+                _BlockIO(self._files, self._index, block_timer, on_no_space, on_block_file),
                 read_threads=read_threads,
                 write_threads=write_threads,
                 max_store_backlog_bytes=max_store_backlog_bytes,
