@@ -109,8 +109,11 @@ class Raw:
 # -- the well-behaved client ------------------------------------------------------------------------
 
 
-def good(socket_path: str, seconds: str, salt: str) -> dict[str, Any]:
-    """Store and load back blocks for `seconds`, verifying every byte; blocks moved per second."""
+def good(socket_path: str, until: str, salt: str) -> dict[str, Any]:
+    """Store and load back blocks, verifying every byte, for `until` seconds or until the file `until`
+    exists; blocks moved per second."""
+    stop = Path(until) if not until.replace(".", "", 1).isdigit() else None
+    seconds = float(until) if stop is None else 3600.0
     fd, mapped = region(GOOD_BLOCK * GOOD_SLOTS)
     half = GOOD_SLOTS // 2
     moved = wrong = failed = 0
@@ -125,7 +128,7 @@ def good(socket_path: str, seconds: str, salt: str) -> dict[str, Any]:
         timeout_s=WAIT_S,
     ) as client:
         round_ = 0
-        while time.monotonic() - started < float(seconds):
+        while time.monotonic() - started < seconds and not (stop is not None and stop.exists()):
             keys = [key_of(f"{salt}-{round_}", index) for index in range(half)]
             for slot, k in enumerate(keys):
                 mapped[slot * GOOD_BLOCK : (slot + 1) * GOOD_BLOCK] = content(k, GOOD_BLOCK)
@@ -207,7 +210,7 @@ def stuck(socket_path: str) -> dict[str, Any]:
     return {}
 
 
-def partial(socket_path: str, connections: str) -> dict[str, Any]:
+def partial(socket_path: str, connections: str = "12") -> dict[str, Any]:
     """Open connections that each send 1 MiB of a 4 MiB frame and stop; how many the agent closed."""
     socks = []
     cut_while_sending = 0
@@ -227,7 +230,7 @@ def partial(socket_path: str, connections: str) -> dict[str, Any]:
     return {"opened": int(connections), "closed": closed}
 
 
-def flood(socket_path: str, connections: str) -> dict[str, Any]:
+def flood(socket_path: str, connections: str = "40") -> dict[str, Any]:
     """Open many connections without a Hello; how many were refused with an error."""
     socks = []
     for _ in range(int(connections)):

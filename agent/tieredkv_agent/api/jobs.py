@@ -18,6 +18,7 @@ the writer thread whenever budget comes back (this connection's, or another's vi
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -29,6 +30,8 @@ from tieredkv_agent.engine.region import ClientRegion, RegionError, Staging
 
 if TYPE_CHECKING:
     from tieredkv_agent.api.connection import Connection
+
+log = logging.getLogger(__name__)
 
 
 class StagedJob:
@@ -62,7 +65,12 @@ class StagedJob:
             connection.release_staging((end - start) * region.block_bytes)
             connection.outbox.defer(lambda _sendable: self.report())
             return
-        staging = Staging(end - start, region.block_bytes, connection.server.staging)
+        try:
+            staging = Staging(end - start, region.block_bytes, connection.server.staging)
+        except (OSError, MemoryError) as exc:  # no memory for the chunk: its keys fail, nothing leaks
+            log.error("%s: job %d: no memory to stage a chunk: %s", connection.name, self.message.job_id, exc)
+            self._chunk_failed(start, end, None, KeyStatus.FAILED)
+            return
         if self.kind is JobKind.STORE:
             try:
                 region.read_slots(slots, staging.base)
@@ -88,22 +96,23 @@ class StagedJob:
         except Exception:
             self._chunk_failed(start, end, staging, KeyStatus.FAILED)
 
-    def _chunk_failed(self, start: int, end: int, staging: Staging, status: KeyStatus) -> None:
+    def _chunk_failed(self, start: int, end: int, staging: Staging | None, status: KeyStatus) -> None:
         """The chunk never reached the tier: settle it and go on (reader or writer thread)."""
         result = JobResult(self.message.job_id, self.kind, (), tuple([status] * (end - start)), 0, 0.0)
         self.connection.outbox.defer(lambda sendable: self.chunk_done(start, staging, result, sendable))
 
     def chunk_done(
-        self, start: int, staging: Staging, result: JobResult, sendable: bool
+        self, start: int, staging: Staging | None, result: JobResult, sendable: bool
     ) -> list[ServerMessage]:
         """Write a load's blocks back, free the chunk, stage the next or report the job (writer thread)."""
         connection = self.connection
         statuses = list(result.statuses)
         try:
-            if self.kind is JobKind.LOAD and sendable and connection.alive:
+            if self.kind is JobKind.LOAD and sendable and connection.alive and staging is not None:
                 statuses = self._write_back(start, staging, statuses)
         finally:
-            staging.close()
+            if staging is not None:
+                staging.close()
             self.region.release()
             connection.release_staging(len(statuses) * self.region.block_bytes)
         self.statuses[start : start + len(statuses)] = statuses

@@ -21,7 +21,7 @@ Lifecycle (P = plugin, A = agent)::
     P: Store / Load -> (nothing now) ... A: JobDone, exactly once per accepted job, in completion order
                     -> or A: Error naming the job_id: the job was not accepted and gets no JobDone
     P: Drain    -> A: Drained after the JobDone of every job accepted before it; until then only Lookups
-    P or A: Goodbye -> the sender closes; the agent cancels queued blocks, waits for running I/O, unmaps
+    P or A: Goodbye -> the sender closes; the agent cancels queued blocks, waits for running I/O, closes
 
 The plugin sends the whole Hello frame in one `sendmsg` carrying exactly one descriptor: the instance's
 shared-memory CPU region (`/dev/shm/vllm_offload_<engine>.mmap`). Block slot s of that region starts at
@@ -199,7 +199,7 @@ class Hello(_Message, tag="hello", frozen=True):
 
 
 class HelloOk(_Message, tag="hello_ok", frozen=True):
-    """The agent accepted the Hello and mapped the region (agent)."""
+    """The agent accepted the Hello and kept the region's descriptor (agent)."""
 
     version: U63
     """The version both sides now speak."""
