@@ -56,11 +56,13 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from tieredkv_operator import handlers  # importing registers the handlers
+    from tieredkv_operator.memo import Context
+    from tieredkv_operator.settings import OperatorSettings
 
-    if handlers.SETTINGS.webhook_enabled:
-        from tieredkv_operator import webhooks
-
-        webhooks.WATCHED_NAMESPACES.update(args.namespace)
+    ctx = Context(settings=OperatorSettings(), watched_namespaces=frozenset(args.namespace))
+    handlers.register_timer(ctx.settings)
+    if ctx.settings.webhook_enabled:
+        from tieredkv_operator import webhooks  # noqa: F401  (importing registers the webhooks)
 
     if args.metrics:
         from tieredkv_operator import metrics
@@ -78,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness or None,
+        memo=kopf.Memo(context=ctx),
     )
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tieredkv_operator.resources.names import FIELD_MANAGER, SEED_FIELD_MANAGER
+from tieredkv_operator.names import FIELD_MANAGER, SEED_FIELD_MANAGER
 
 Obj = dict[str, Any]
 __all__ = ["SEED_FIELD_MANAGER", "Kube", "KubeError", "shared"]

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tieredkv_operator import conditions as c
-from tieredkv_operator import drift, metrics
+from tieredkv_operator import drift, metrics, names
 from tieredkv_operator import status as status_mod
+from tieredkv_operator.admission import validation
 from tieredkv_operator.kube import Kube, KubeError
+from tieredkv_operator.names import CacheRef
 from tieredkv_operator.quantity import parse_quantity
 from tieredkv_operator.reconcile_seed import ensure_seed
-from tieredkv_operator.resources import agents, names, rbac, storage, validation, vllm_configmap
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator.resources import agents, rbac, storage, vllm_configmap
 from tieredkv_operator.settings import OperatorSettings
 from tieredkv_operator.spec import TieredKVCacheSpec
 from tieredkv_operator.vllm_lines import supported_lines

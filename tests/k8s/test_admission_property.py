@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from kubernetes import client
 
 from tieredkv_agent.config import AgentSettings
+from tieredkv_operator.admission.child_checks import built_children
+from tieredkv_operator.admission.validation import parse_spec, validate
 from tieredkv_operator.kube import Kube, KubeError
-from tieredkv_operator.resources.child_checks import built_children
-from tieredkv_operator.resources.validation import parse_spec, validate
 
 pytestmark = pytest.mark.k8s
 
