@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from tieredkv_devcluster.vllm_model import BENCH_SHAPE, ensure_model, prompt_tokens
+from tieredkv_operator.names import CacheRef
 from tieredkv_operator.resources.agents import agent_env
-from tieredkv_operator.resources.names import CacheRef
 from tieredkv_operator.resources.vllm_config import render_kv_transfer_config
 from tieredkv_operator.spec import TieredKVCacheSpec
 

@@ -53,16 +53,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import functools
+
     import kopf
 
     from tieredkv_operator import handlers  # importing registers the handlers
     from tieredkv_operator.drift_loop import DriftLoop, Peering
     from tieredkv_operator.kube import shared
+    from tieredkv_operator.memo import Context
+    from tieredkv_operator.settings import OperatorSettings
 
-    if handlers.SETTINGS.webhook_enabled:
-        from tieredkv_operator import webhooks
-
-        webhooks.WATCHED_NAMESPACES.update(args.namespace)
+    ctx = Context(settings=OperatorSettings(), watched_namespaces=frozenset(args.namespace))
+    if ctx.settings.webhook_enabled:
+        from tieredkv_operator import webhooks  # noqa: F401  (importing registers the webhooks)
 
     if args.metrics:
         from tieredkv_operator import metrics
@@ -76,8 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     priority = args.priority if args.priority is not None else int(time.time())
     drift = DriftLoop(
         shared,
-        handlers.refresh_cache,
-        interval_s=handlers.SETTINGS.drift_interval_seconds,
+        functools.partial(handlers.refresh_cache, ctx.settings),
+        interval_s=ctx.settings.drift_interval_seconds,
         namespaces=namespaces,
         peering=None if args.standalone else Peering(settings.peering.name, priority),
     )
@@ -90,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
             namespaces=namespaces,
             clusterwide=not namespaces,
             liveness_endpoint=args.liveness or None,
+            memo=kopf.Memo(context=ctx),
         )
     finally:
         drift.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
-from tieredkv_operator.resources.names import FIELD_MANAGER, SEED_FIELD_MANAGER
+from tieredkv_operator.names import FIELD_MANAGER, SEED_FIELD_MANAGER
 
 Obj = dict[str, Any]
 OUR_MANAGERS: Final = frozenset({FIELD_MANAGER, SEED_FIELD_MANAGER})

@@ -1,7 +1,9 @@
 """kopf handlers of the operator. Thin by design: each one delegates to `reconcile` or to a pure function.
 
 kopf runs these synchronous handlers on its executor threads; a per-cache lock keeps the create/update/
-resume handler, the drift loop and child events from reconciling one cache at the same time.
+resume handler, the drift loop and child events from reconciling one cache at the same time. The settings
+come from the CLI through kopf's memo (`memo.context`); the drift loop (drift_loop.py, a thread the CLI
+starts, not a kopf timer: kopf would put a finalizer on every cache) calls `refresh_cache`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ from typing import Any
 
 import kopf
 
-from tieredkv_operator import __version__, metrics
+from tieredkv_operator import __version__, metrics, names
 from tieredkv_operator.kube import Kube, KubeError, shared
+from tieredkv_operator.memo import context
 from tieredkv_operator.reconcile import reconcile
-from tieredkv_operator.resources import names
 from tieredkv_operator.settings import OperatorSettings
 from tieredkv_operator.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("tieredkv_operator")
-SETTINGS = OperatorSettings()
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _waiting: set[str] = set()
 _scheduled: set[tuple[str, str]] = set()
@@ -31,7 +32,7 @@ _waiting_lock = threading.Lock()
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Persist kopf's bookkeeping in our own annotations (the CRD's status schema has no room for it)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -40,22 +41,22 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
     shared()
-    log.info("tieredkv-operator %s starting: %s", __version__, SETTINGS.summary())
+    log.info("tieredkv-operator %s starting: %s", __version__, context(memo).settings.summary())
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _reconcile(body: kopf.Body) -> None:
+def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
     """A full pass from one of kopf's handlers: on the cache as it is now, not as kopf last saw it."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     with _locks[f"{namespace}/{name}"]:
-        _pass(shared(), namespace, name, apply=True)
+        _pass(shared(), context(memo).settings, namespace, name, apply=True)
 
 
-def _pass(kube: Kube, namespace: str, name: str, *, apply: bool) -> None:
+def _pass(kube: Kube, settings: OperatorSettings, namespace: str, name: str, *, apply: bool) -> None:
     """Read the cache, reconcile it, write its status and Events, all under the cache's lock.
 
     The status is written here, not through kopf's patch after the handler returns: what it records
@@ -64,7 +65,7 @@ def _pass(kube: Kube, namespace: str, name: str, *, apply: bool) -> None:
     body = kube.get(API_VERSION, KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
-    outcome = reconcile(kube, body, SETTINGS, _now(), apply=apply)
+    outcome = reconcile(kube, body, settings, _now(), apply=apply)
     if outcome.status != (body.get("status") or {}):
         kube.patch_status(namespace, name, outcome.status)
     for kind, reason, message in outcome.events:
@@ -74,26 +75,27 @@ def _pass(kube: Kube, namespace: str, name: str, *, apply: bool) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_cache(body: kopf.Body, **_: Any) -> None:
+def reconcile_cache(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Create, update and operator restart: converge the children and the status."""
-    _reconcile(body)
+    _reconcile(body, memo)
 
 
 @kopf.on.event("apps", "v1", "daemonsets", labels={names.LABEL_CACHE: kopf.PRESENT})
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels={names.LABEL_CACHE: kopf.PRESENT})
-def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+def child_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A child of a cache changed: converge that cache now (repairs a deleted child at once)."""
-    _refresh(namespace or "", labels[names.LABEL_CACHE], apply=True)
+    _refresh(context(memo).settings, namespace or "", labels[names.LABEL_CACHE], apply=True)
 
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_CACHE: kopf.PRESENT})
-def pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A pod of a cache changed: refresh the cache's status (injected pods, seed consistency) soon.
 
     Pod events come in bursts (a rollout of many vLLM pods), so they are batched: the first one schedules
     a status refresh POD_REFRESH_DELAY_SECONDS later, and the events until then ride along with it.
     """
     key = (namespace or "", labels[names.LABEL_CACHE])
+    settings = context(memo).settings
     with _waiting_lock:
         if key in _scheduled:
             return
@@ -102,14 +104,14 @@ def pod_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
     def fire() -> None:
         with _waiting_lock:
             _scheduled.discard(key)
-        _refresh(*key, apply=False)
+        _refresh(settings, *key, apply=False)
 
     timer = threading.Timer(POD_REFRESH_DELAY_SECONDS, fire)
     timer.daemon = True
     timer.start()
 
 
-def _refresh(namespace: str, name: str, *, apply: bool) -> None:
+def _refresh(settings: OperatorSettings, namespace: str, name: str, *, apply: bool) -> None:
     """Reconcile a cache outside kopf's own handlers, patching its status through our API module.
 
     Coalesced: while one refresh of a cache waits for the cache's lock, further ones are dropped; the
@@ -124,16 +126,14 @@ def _refresh(namespace: str, name: str, *, apply: bool) -> None:
         with _waiting_lock:
             _waiting.discard(key)
         try:
-            _pass(shared(), namespace, name, apply=apply)
+            _pass(shared(), settings, namespace, name, apply=apply)
         except KubeError as err:
             log.warning("cache %s: %s", key, err)
 
 
-def refresh_cache(namespace: str, name: str) -> None:
-    """The drift loop's thread, every drift interval: repair edited or deleted children, refresh the status.
-
-    Not a `@kopf.timer`: kopf would put a finalizer on every cache (see drift_loop.py)."""
-    _refresh(namespace, name, apply=True)
+def refresh_cache(settings: OperatorSettings, namespace: str, name: str) -> None:
+    """The drift loop's thread, every drift interval: repair drifted or deleted children, refresh status."""
+    _refresh(settings, namespace, name, apply=True)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -15,7 +15,7 @@ from typing import Any, Final
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tieredkv_operator.resources.names import FIELD_MANAGER, SEED_FIELD_MANAGER
+from tieredkv_operator.names import FIELD_MANAGER, SEED_FIELD_MANAGER
 
 Obj = dict[str, Any]
 __all__ = ["SEED_FIELD_MANAGER", "Kube", "KubeError", "shared"]
@@ -112,15 +112,18 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
         )
 
-    def create(self, manifest: Obj, field_manager: str = FIELD_MANAGER) -> Obj | None:
+    def create(
+        self, manifest: Obj, field_manager: str = FIELD_MANAGER, *, dry_run: bool = False
+    ) -> Obj | None:
         """Create `manifest`; None if an object of that name exists already (it is left as it is)."""
         meta = manifest["metadata"]
+        query = [("fieldManager", field_manager)] + ([("dryRun", "All")] if dry_run else [])
         try:
             return self._call(
                 "POST",
                 _path(manifest["apiVersion"], manifest["kind"], meta["namespace"]),
                 body=manifest,
-                query=[("fieldManager", field_manager)],
+                query=query,
             )
         except KubeError as err:
             if err.status == 409:

@@ -25,8 +25,8 @@ from prometheus_client.registry import Collector
 
 from tieredkv_operator import __version__
 from tieredkv_operator import conditions as c
+from tieredkv_operator.admission.injection_model import SkipReason
 from tieredkv_operator.conditions import ConditionStatus, ConditionType, Phase
-from tieredkv_operator.resources.injection_model import SkipReason
 from tieredkv_operator.spec import CapacitySpec
 
 REGISTRY = CollectorRegistry(auto_describe=True)

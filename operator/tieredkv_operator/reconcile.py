@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tieredkv_operator import conditions as c
-from tieredkv_operator import drift, metrics
+from tieredkv_operator import drift, metrics, names
 from tieredkv_operator import status as status_mod
+from tieredkv_operator.admission import child_checks, validation
 from tieredkv_operator.kube import Kube, KubeError
+from tieredkv_operator.names import CacheRef
 from tieredkv_operator.quantity import parse_quantity
 from tieredkv_operator.reconcile_seed import ensure_seed
-from tieredkv_operator.resources import agents, names, rbac, storage, validation, vllm_configmap
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator.resources import agents, rbac, storage, vllm_configmap
 from tieredkv_operator.settings import OperatorSettings
 from tieredkv_operator.spec import TieredKVCacheSpec
 from tieredkv_operator.vllm_lines import supported_lines
@@ -35,7 +36,11 @@ def parse_spec(body: Obj) -> tuple[TieredKVCacheSpec | None, str | None, str]:
     """(spec, None, "") or (None, error message, condition reason)."""
     spec, errors = validation.parse_spec(body.get("spec"))
     if spec is not None:
-        return spec, None, ""
+        meta = body["metadata"]
+        # What the webhook refuses for the children, refused here too (it may have been down): no child is
+        # created before the API server refuses another.
+        refused = child_checks.child_errors(meta["name"], meta["namespace"], spec)
+        return (None, "; ".join(refused), c.INVALID_SPEC) if refused else (spec, None, "")
     version = ((body.get("spec") or {}).get("vllm") or {}).get("version")
     unsupported = isinstance(version, str) and version not in supported_lines()
     return None, "; ".join(errors), c.UNSUPPORTED_VLLM_VERSION if unsupported else c.INVALID_SPEC

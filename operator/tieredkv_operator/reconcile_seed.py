@@ -7,10 +7,11 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from tieredkv_operator import names
 from tieredkv_operator import seed as seed_mod
 from tieredkv_operator.kube import SEED_FIELD_MANAGER, Kube
-from tieredkv_operator.resources import names, storage
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator.names import CacheRef
+from tieredkv_operator.resources import storage
 from tieredkv_operator.spec import TieredKVCacheSpec
 
 Obj = dict[str, Any]

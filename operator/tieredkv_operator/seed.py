@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tieredkv_operator import conditions as c
-from tieredkv_operator.resources import names
+from tieredkv_operator import names
 from tieredkv_operator.spec import MAX_HASH_SEED
 
 Obj = dict[str, Any]

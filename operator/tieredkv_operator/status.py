@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from tieredkv_operator import conditions as c
+from tieredkv_operator import names
+from tieredkv_operator.admission.injection_model import SkipReason
 from tieredkv_operator.conditions import ConditionType, Phase
-from tieredkv_operator.resources import names
-from tieredkv_operator.resources.injection_model import SkipReason
 from tieredkv_operator.spec import MAX_HASH_SEED, TieredKVCacheSpec
 
 Obj = dict[str, Any]

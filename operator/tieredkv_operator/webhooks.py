@@ -1,5 +1,5 @@
 """kopf admission handlers: pod injection (mutating) and TieredKVCache validation. Thin: the decisions are
-the pure functions in resources/injection.py and resources/validation.py.
+the pure functions in admission/injection.py and admission/validation.py.
 
 kopf calls these on its event loop for every matching API request. They are async on purpose: sync
 handlers would queue behind reconciles in kopf's executor threads. They do only pure, sub-millisecond
@@ -21,19 +21,15 @@ from typing import Any
 
 import kopf
 
-from tieredkv_operator import metrics
+from tieredkv_operator import metrics, names
+from tieredkv_operator.admission.injection import inject
+from tieredkv_operator.admission.injection_model import cache_view
+from tieredkv_operator.admission.validation import validate
 from tieredkv_operator.kube import KubeError, shared
-from tieredkv_operator.resources import names
-from tieredkv_operator.resources.injection import inject
-from tieredkv_operator.resources.injection_model import cache_view
-from tieredkv_operator.resources.validation import validate
-from tieredkv_operator.settings import OperatorSettings
+from tieredkv_operator.memo import Context, context
 from tieredkv_operator.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger("tieredkv_operator.webhooks")
-SETTINGS = OperatorSettings()
-WATCHED_NAMESPACES: set[str] = set()
-"""Set by the CLI when the operator is namespace-scoped; empty means every namespace."""
 
 
 class NamespacedWebhookServer(kopf.WebhookServer):
@@ -54,21 +50,22 @@ class NamespacedWebhookServer(kopf.WebhookServer):
 
 
 @kopf.on.startup()
-def configure_server(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure_server(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Serve the webhooks with the given certificate; kopf keeps the webhook configurations up to date.
 
     This module is imported (and its handlers registered) only when webhooks are enabled.
     """
+    ours = context(memo).settings
     settings.admission.server = NamespacedWebhookServer(
-        addr=SETTINGS.webhook_listen_host,
-        port=SETTINGS.webhook_port,
-        host=SETTINGS.webhook_public_host or None,
-        certfile=str(SETTINGS.webhook_cert_file) if SETTINGS.webhook_cert_file else None,
-        pkeyfile=str(SETTINGS.webhook_key_file) if SETTINGS.webhook_key_file else None,
-        cafile=str(SETTINGS.webhook_ca_file) if SETTINGS.webhook_ca_file else None,
+        addr=ours.webhook_listen_host,
+        port=ours.webhook_port,
+        host=ours.webhook_public_host or None,
+        certfile=str(ours.webhook_cert_file) if ours.webhook_cert_file else None,
+        pkeyfile=str(ours.webhook_key_file) if ours.webhook_key_file else None,
+        cafile=str(ours.webhook_ca_file) if ours.webhook_ca_file else None,
     )
     # An empty name leaves the configurations to someone else (the Helm chart owns them).
-    settings.admission.managed = SETTINGS.webhook_configuration_name or None
+    settings.admission.managed = ours.webhook_configuration_name or None
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -77,10 +74,10 @@ def caches_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dic
     return {namespace or "": dict(body)}
 
 
-def _namespace_served(namespace: str) -> bool:
-    if SETTINGS.namespace and namespace == SETTINGS.namespace:
+def _namespace_served(ctx: Context, namespace: str) -> bool:
+    if ctx.settings.namespace and namespace == ctx.settings.namespace:
         return False  # never inject the operator's own pods
-    return not WATCHED_NAMESPACES or namespace in WATCHED_NAMESPACES
+    return not ctx.watched_namespaces or namespace in ctx.watched_namespaces
 
 
 @kopf.on.mutate(
@@ -97,17 +94,19 @@ async def inject_pod(
     patch: kopf.Patch,
     warnings: list[str],
     dryrun: bool,
+    memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
     """Add seed, config and mounts to an opted-in vLLM pod, or annotate why it was left alone."""
     started = time.monotonic()
     caches_by_namespace: kopf.Index[str, dict[str, Any]] = kwargs["caches_by_namespace"]
     namespace = body.get("metadata", {}).get("namespace") or ""
-    if not _namespace_served(namespace):
+    ctx = context(memo)
+    if not _namespace_served(ctx, namespace):
         metrics.record_admission(metrics.WEBHOOK_PODS, "ignored", "", time.monotonic() - started)
         return
     bodies = list(caches_by_namespace.get(namespace, [])) or await _caches_from_api(namespace)
-    result = inject(dict(body), [cache_view(b) for b in bodies], plugin_image=SETTINGS.agent_image)
+    result = inject(dict(body), [cache_view(b) for b in bodies], plugin_image=ctx.settings.agent_image)
     outcome = "skipped" if result.skip_reason else "injected" if result.changed else "unchanged"
     reason = result.skip_reason.value if result.skip_reason else ""
     metrics.record_admission(metrics.WEBHOOK_PODS, outcome, reason, time.monotonic() - started)

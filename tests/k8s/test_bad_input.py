@@ -297,3 +297,16 @@ def test_opted_in_pods_that_cannot_be_injected_are_annotated_with_the_reason_and
         if not untouched:
             problems.append(f"{case}: the pod was modified: {stored.to_dict()}")
     assert not problems, "\n".join(problems)
+
+
+def test_a_cache_whose_children_the_api_would_refuse_gets_a_condition_and_no_children_without_the_webhook(
+    api: client.ApiClient, ns: str, operator: OperatorProcess
+) -> None:
+    """A dotted name passes the CRD, but no Service can carry it; the reconcile says so, webhook or not."""
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        caches.GROUP, caches.VERSION, ns, caches.PLURAL, caches.manifest("a.b")
+    )
+    obj = caches.wait_condition(api, ns, "a.b", "ConfigValid", "False", timeout=30)
+    assert "metadata.name: Service" in caches.condition(obj, "ConfigValid")["message"]
+    assert not client.CoreV1Api(api).list_namespaced_config_map(ns, label_selector="tieredkv.io/cache").items
+    assert not client.AppsV1Api(api).list_namespaced_daemon_set(ns).items

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tieredkv_operator.names import CacheRef, socket_host_dir
 from tieredkv_operator.resources.agents import agent_env
-from tieredkv_operator.resources.names import CacheRef, socket_host_dir
 from tieredkv_operator.resources.vllm_configmap import rendered
 from tieredkv_operator.spec import TieredKVCacheSpec
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from tieredkv_operator import api_rules
-from tieredkv_operator.resources.child_checks import child_errors
+from tieredkv_operator.admission.child_checks import child_errors
 from tieredkv_operator.spec import TieredKVCacheSpec
 
 pytestmark = pytest.mark.unit

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from tieredkv_operator.resources import agents, names, rbac, storage, vllm_configmap
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator import names
+from tieredkv_operator.names import CacheRef
+from tieredkv_operator.resources import agents, rbac, storage, vllm_configmap
 from tieredkv_operator.spec import TieredKVCacheSpec
 
 pytestmark = pytest.mark.unit

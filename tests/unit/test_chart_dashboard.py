@@ -95,8 +95,8 @@ def test_the_chart_puts_the_dashboard_unchanged_into_a_configmap_for_grafanas_si
 
 
 def test_the_agent_service_monitor_selects_the_metrics_service_the_operator_builds() -> None:
+    from tieredkv_operator.names import CacheRef
     from tieredkv_operator.resources import agents
-    from tieredkv_operator.resources.names import CacheRef
 
     service = agents.metrics_service(CacheRef("c", "ns", "uid"))
     monitor = find(render("observability-values.yaml"), "ServiceMonitor", "tkv-tieredkv-agents")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.unit.chart_helpers import SCENARIOS, find, render, render_text, template_sources
+from tieredkv_operator.names import CacheRef
 from tieredkv_operator.resources import rbac
-from tieredkv_operator.resources.names import CacheRef
 
 pytestmark = pytest.mark.unit
 

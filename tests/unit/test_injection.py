@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tieredkv_operator.resources.injection import (
+from tieredkv_operator.admission.injection import (
     CacheView,
     InvalidCache,
     SkipReason,
@@ -15,7 +15,7 @@ from tieredkv_operator.resources.injection import (
     inject,
     pod_seed_state,
 )
-from tieredkv_operator.resources.injection_wiring import shm_size_limit
+from tieredkv_operator.admission.injection_wiring import shm_size_limit
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tieredkv_operator.resources.validation import MAX_NAME_LENGTH, validate
+from tieredkv_operator.admission.validation import MAX_NAME_LENGTH, validate
 
 pytestmark = pytest.mark.unit
 

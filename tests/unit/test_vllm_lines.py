@@ -32,8 +32,8 @@ from tieredkv_agent.store.naming import (
 )
 from tieredkv_common import vllm_facts
 from tieredkv_common.vllm_lines import LINES, line_for_release
+from tieredkv_operator.names import CacheRef
 from tieredkv_operator.resources.agents import agent_env
-from tieredkv_operator.resources.names import CacheRef
 from tieredkv_operator.resources.vllm_config import render_kv_transfer_config
 from tieredkv_operator.spec import TieredKVCacheSpec, VllmMode
 from tieredkv_operator.spec_vllm import HashAlgo as OperatorHashAlgo

@@ -19,7 +19,7 @@ import pytest
 from tests.unit.contract_harness import SEED, AgentProcess, Cache
 from tests.vllm.conftest import BLOCK_SIZE, Runner, cache_spec, engine_result, native_kv_config
 from tieredkv_devcluster.vllm_model import prompt_tokens
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator.names import CacheRef
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 

@@ -10,8 +10,8 @@ import hashlib
 import json
 from typing import Any
 
-from tieredkv_operator.resources import names
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator import names
+from tieredkv_operator.names import CacheRef
 from tieredkv_operator.spec import TieredKVCacheSpec
 
 Manifest = dict[str, Any]

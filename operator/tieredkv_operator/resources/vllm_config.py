@@ -34,7 +34,7 @@ from tieredkv_common.vllm_facts import (
     ROLE,
     SPEC_NAME,
 )
-from tieredkv_operator.resources.names import socket_host_dir
+from tieredkv_operator.names import socket_host_dir
 from tieredkv_operator.spec import TieredKVCacheSpec, VllmMode
 from tieredkv_operator.spec_vllm import VllmDevice
 from tieredkv_operator.vllm_lines import VllmLine, vllm_line

@@ -29,9 +29,9 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 
 from tieredkv_common.agent_limits import MAX_SOCKET_PATH_BYTES
+from tieredkv_operator.admission.child_checks import child_errors
+from tieredkv_operator.names import ANNOTATION_ALLOW_ORPHANING, child_name, metrics_service_name
 from tieredkv_operator.quantity import parse_quantity
-from tieredkv_operator.resources.child_checks import child_errors
-from tieredkv_operator.resources.names import ANNOTATION_ALLOW_ORPHANING, child_name, metrics_service_name
 from tieredkv_operator.resources.vllm_config import agent_socket_path
 from tieredkv_operator.spec import AccessMode, TieredKVCacheSpec, VllmMode
 

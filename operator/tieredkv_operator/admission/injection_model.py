@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tieredkv_operator.resources.validation import parse_spec
+from tieredkv_operator.admission.validation import parse_spec
 from tieredkv_operator.resources.vllm_config import config_hash, render_kv_transfer_config
 from tieredkv_operator.spec import TieredKVCacheSpec
 from tieredkv_operator.spec_vllm import LabelSelector

@@ -24,8 +24,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from tieredkv_operator.resources import names
-from tieredkv_operator.resources.injection_model import (
+from tieredkv_operator import names
+from tieredkv_operator.admission.injection_model import (
     CacheView,
     InjectionResult,
     InjectionSkipError,
@@ -33,9 +33,9 @@ from tieredkv_operator.resources.injection_model import (
     SkipReason,
     cache_view,
 )
-from tieredkv_operator.resources.injection_wiring import SeedState, seed_state, wire
-from tieredkv_operator.resources.label_selector import selector_matches
-from tieredkv_operator.resources.pod_edit import EditConflictError, JsonDict, child_dict, items
+from tieredkv_operator.admission.injection_wiring import SeedState, seed_state, wire
+from tieredkv_operator.admission.label_selector import selector_matches
+from tieredkv_operator.admission.pod_edit import EditConflictError, JsonDict, child_dict, items
 
 AnyCache = CacheView | InvalidCache
 

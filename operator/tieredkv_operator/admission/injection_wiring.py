@@ -15,10 +15,9 @@ mounts, socket directory, plugin, /dev/shm) does not depend on the command.
 
 from typing import Final, Literal
 
-from tieredkv_operator.quantity import format_bytes, parse_quantity
-from tieredkv_operator.resources import names
-from tieredkv_operator.resources.injection_model import CacheView, InjectionSkipError, SkipReason
-from tieredkv_operator.resources.pod_edit import (
+from tieredkv_operator import names
+from tieredkv_operator.admission.injection_model import CacheView, InjectionSkipError, SkipReason
+from tieredkv_operator.admission.pod_edit import (
     JsonDict,
     child_list,
     ensure_mount,
@@ -27,7 +26,8 @@ from tieredkv_operator.resources.pod_edit import (
     mount_at,
     named,
 )
-from tieredkv_operator.resources.vllm_command import KV_TRANSFER_FLAG, kv_flag_state, unrecognised_reason
+from tieredkv_operator.admission.vllm_command import KV_TRANSFER_FLAG, kv_flag_state, unrecognised_reason
+from tieredkv_operator.quantity import format_bytes, parse_quantity
 from tieredkv_operator.resources.vllm_config import VOLUME_MOUNT_PATH
 from tieredkv_operator.spec import VllmMode
 from tieredkv_operator.spec_vllm import VllmDevice

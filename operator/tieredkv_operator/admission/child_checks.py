@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from tieredkv_operator import api_rules
-from tieredkv_operator.resources import agents, names, rbac, storage, vllm_configmap
-from tieredkv_operator.resources.names import CacheRef
+from tieredkv_operator import api_rules, names
+from tieredkv_operator.names import CacheRef
+from tieredkv_operator.resources import agents, rbac, storage, vllm_configmap
 from tieredkv_operator.spec import TieredKVCacheSpec
 
 Manifest = dict[str, Any]
