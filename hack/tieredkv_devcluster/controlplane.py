@@ -229,13 +229,14 @@ def _fresh_runtime_dirs(layout: StateLayout) -> None:
 
 
 def gluster_wanted(explicit: bool | None = None) -> bool:
-    """Whether a cluster runs GlusterFS: `explicit`, else $TIEREDKV_GLUSTER (1 or 0), else if installed."""
+    """Whether a cluster runs GlusterFS: `explicit`, else $TIEREDKV_GLUSTER (1 or 0), else if installed
+    (the programs and /dev/fuse)."""
     if explicit is not None:
         return explicit
     setting = os.environ.get("TIEREDKV_GLUSTER", "")
     if setting in ("0", "1"):
         return setting == "1"
-    return not gluster.missing_binaries()
+    return not gluster.missing_binaries() and Path("/dev/fuse").exists()
 
 
 def up(

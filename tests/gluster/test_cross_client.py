@@ -204,3 +204,44 @@ def test_one_gc_leader_among_lock_file_electors_on_two_clients(clients: TwoClien
     finally:
         for elector in electors:
             elector.stop()
+
+
+def _keys_sharing_directories(pairs: int) -> list[tuple[bytes, bytes]]:
+    """Pairs of keys in one prefix directory `<h[0:3]>` but different leaf directories `<h[3:5]>_g0`."""
+    by_prefix: dict[str, list[bytes]] = {}
+    found: list[tuple[bytes, bytes]] = []
+    n = 0
+    while len(found) < pairs:
+        key, n = block_key("dirs", n), n + 1
+        group = by_prefix.setdefault(key.hex()[:3], [])
+        if group and group[0].hex()[3:5] != key.hex()[3:5] and len(group) == 1:
+            found.append((group[0], key))
+        group.append(key)
+    return found
+
+
+def test_two_clients_creating_the_same_new_directories_at_once_store_every_block(clients: TwoClients) -> None:
+    """Each pair's two blocks make both clients mkdir the same prefix directory at the same moment."""
+    pairs = _keys_sharing_directories(300)
+    spaces = [namespace_for(root, CONFIG) for root in (clients.one, clients.two)]
+    ensure_namespace(spaces[0])
+    failures: list[str] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def write(writer: int) -> None:
+        files = BlockFiles(direct=False)
+        start.wait()
+        for pair in pairs:
+            result = files.store(spaces[writer].block_path(pair[writer]), block_content(pair[writer], 16384))
+            if not result.ok:
+                failures.append(f"client {writer + 1}: {result.detail}")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    for pair in pairs:
+        for key in pair:
+            assert Path(spaces[1].block_path(key)).read_bytes() == block_content(key, 16384)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.test_devcluster_plan import DictLookup, pod
 from tieredkv_agent.store.blockio import BlockFiles
-from tieredkv_devcluster import gluster
+from tieredkv_devcluster import controlplane, gluster
 from tieredkv_devcluster.paths import REPO_ROOT
 from tieredkv_devcluster.sim import GLUSTER_STORAGE_CLASS, STORAGE_CLASS, volumes
 from tieredkv_devcluster.sim.plan import PlanError, PodDirs
@@ -78,3 +78,14 @@ def test_the_volume_options_survive_glusters_volfile_parser_and_match_the_operat
         assert "\\" not in value and " " not in value
     guide = (REPO_ROOT / "docs" / "operations.md").read_text()
     assert f"cluster.extra-hash-regex '{gluster.TEMP_HASH_REGEX}'" in guide
+
+
+def test_the_setting_decides_whether_a_cluster_runs_gluster_and_an_explicit_choice_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIEREDKV_GLUSTER", "0")
+    assert controlplane.gluster_wanted() is False
+    assert controlplane.gluster_wanted(explicit=True) is True
+    monkeypatch.setenv("TIEREDKV_GLUSTER", "1")
+    assert controlplane.gluster_wanted() is True
+    assert controlplane.gluster_wanted(explicit=False) is False

@@ -84,3 +84,29 @@ def test_a_temp_file_that_stays_stale_fails_the_store_after_a_bounded_number_of_
     assert ops.calls == CREATE_ATTEMPTS
     assert not Path(path).exists()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_mkdir_failing_because_another_client_created_the_directory_meanwhile_still_stores(
+    tmp_path: Path,
+) -> None:
+    class RacedMkdir(FileOps):
+        """The directory appears (the other client's mkdir) and this client's mkdir fails with EIO."""
+
+        def makedirs(self, path: str) -> None:
+            super().makedirs(path)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    path = _path(tmp_path)
+    assert BlockFiles(direct=False, ops=RacedMkdir()).store(path, _payload()).status is StoreStatus.STORED
+    assert Path(path).read_bytes() == _payload()
+
+
+def test_a_mkdir_failing_without_creating_the_directory_fails_the_store_with_its_error(
+    tmp_path: Path,
+) -> None:
+    class BrokenMkdir(FileOps):
+        def makedirs(self, path: str) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    result = BlockFiles(direct=False, ops=BrokenMkdir()).store(_path(tmp_path), _payload())
+    assert (result.status, result.errno) == (StoreStatus.IO_ERROR, errno.EIO)

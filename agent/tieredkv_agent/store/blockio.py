@@ -36,6 +36,7 @@ import mmap
 import os
 import secrets
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,12 @@ _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EM
 _GONE = frozenset({errno.ENOENT, errno.ESTALE})
 """A path that is not there, as a network filesystem says it: ESTALE when another client removed (or is
 just creating) a directory or file whose handle this client still caches (NFS, GlusterFS)."""
-CREATE_ATTEMPTS = 3
+CREATE_ATTEMPTS = 4
 """Opens of a temp file, each after (re)creating its directories: two clients creating one directory tree
-at once can see ENOENT or ESTALE from it for a moment (GlusterFS's distribute layer does)."""
+at once can see ENOENT or ESTALE from it for a moment (GlusterFS's distribute layer does, while the other
+client's mkdir has reached some bricks and not yet others)."""
+CREATE_BACKOFF_S = 0.005
+"""Pause before the third open, times 4 before each later one (5, 20 ms): only a racing mkdir waits."""
 
 _CREATE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_TRUNC
 
@@ -358,6 +362,7 @@ class BlockFiles:
 
     def _create(self, tmp: str, flags: int) -> int:
         """Open the temp file; on ENOENT or ESTALE (re)create the block's directories and try again."""
+        directory = tmp.rpartition("/")[0]
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 fd = self._ops.open(tmp, flags, FILE_MODE)
@@ -365,17 +370,24 @@ class BlockFiles:
             except OSError as exc:
                 if exc.errno not in _GONE or attempt == CREATE_ATTEMPTS:
                     raise
-            try:
-                self._ops.makedirs(tmp.rpartition("/")[0])
-            except OSError as exc:
-                if exc.errno not in _GONE:
-                    raise
+            if attempt > 1:
+                time.sleep(CREATE_BACKOFF_S * 4 ** (attempt - 2))
+            self._make_dirs(directory)
         try:
             self._ops.fchmod(fd, FILE_MODE)  # the umask is not ours to trust
         except OSError:
             self._ops.close(fd)
             raise
         return fd
+
+    def _make_dirs(self, directory: str) -> None:
+        """Create the block's directories. A failure that leaves the directory there after all was another
+        client's mkdir racing this one (GlusterFS answers some such races with EIO): the next open decides."""
+        try:
+            self._ops.makedirs(directory)
+        except OSError as exc:
+            if exc.errno not in _GONE and not self._ops.exists(directory):
+                raise
 
     def _discard(self, path: str) -> None:
         with suppress(OSError):
