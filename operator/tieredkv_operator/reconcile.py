@@ -87,7 +87,7 @@ def _apply_all(run: Pass, settings: OperatorSettings) -> None:
     observed.config_hash = config_map["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
     for child in (rbac.service_account(cache), rbac.role(cache), rbac.role_binding(cache)):
         _apply(run, child)
-    _apply(run, agents.metrics_service(cache))
+    _apply(run, agents.metrics_service(cache, spec))
     capacity = ((observed.pvc or {}).get("status") or {}).get("capacity", {}).get("storage")
     max_bytes = spec.effective_max_bytes(parse_quantity(capacity) if capacity else None)
     template = agents.pod_template(
