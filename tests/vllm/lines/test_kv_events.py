@@ -10,7 +10,7 @@ from sequence 0 must rebuild the same set.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -22,7 +22,7 @@ from vllm.v1.kv_offload.base import get_offload_block_hash
 from tests.unit.agent_process import free_port
 from tests.unit.contract_harness import AgentProcess, Cache
 from tests.vllm.lines.conftest import EngineFactory
-from tests.vllm.lines.manager_engine import TOKENS_PER_BLOCK
+from tests.vllm.lines.manager_engine import TOKENS_PER_BLOCK, ManagerEngine
 
 pytestmark = pytest.mark.vllm
 
@@ -40,11 +40,26 @@ Block = tuple[str | None, bytes | int, int | None]
 class View:
     """A router's view of the shared cache, built only from the events vLLM's classes decode."""
 
-    def __init__(self) -> None:
+    def __init__(self, replay: Callable[[int], list[tuple[bytes, bytes, bytes]]] | None = None) -> None:
         self.decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
         self.blocks: set[Block] = set()
         self.stored_hashes: set[bytes | int] = set()
         self.seqs: list[int] = []
+        self.replay = replay
+        self.replays: list[tuple[int, int]] = []
+
+    def take(self, topic: bytes, seq: bytes, payload: bytes) -> None:
+        """A live message; on a gap, first what the replay socket kept before it (the documented rule: a
+        lower sequence than expected means a restarted publisher, so replay it from 0)."""
+        n = int.from_bytes(seq, "big")
+        expected = self.seqs[-1] + 1 if self.seqs else n
+        if n != expected and self.replay is not None:
+            start = 0 if n < expected else expected
+            self.replays.append((start, n))
+            for missed in self.replay(start):
+                if int.from_bytes(missed[1], "big") < n:
+                    self.apply(*missed)
+        self.apply(topic, seq, payload)
 
     def apply(self, topic: bytes, seq: bytes, payload: bytes) -> None:
         assert topic.decode() == TOPIC
@@ -70,12 +85,8 @@ def block_files(volume: Path) -> set[Block]:
     return out
 
 
-@pytest.fixture
-def events_agent(
-    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[AgentProcess, str, str]]:
-    """A real agent with events on, a capacity of MAX_BLOCKS blocks and a GC pass every 0.3 s."""
-    pub, replay = free_port(), free_port()
+def events_environ(cache: Cache, pub: int, replay: int) -> dict[str, str]:
+    """The agent's environment as the operator renders it, with events on and a small capacity."""
     environ = cache.agent_environ()
     settings = {
         "EVENTS_ENABLED": "true",
@@ -89,6 +100,16 @@ def events_agent(
         "GC_SCAN_INTERVAL_SECONDS": "0.3",
     }
     environ.update({f"TIEREDKV_{name}": value for name, value in settings.items()})
+    return environ
+
+
+@pytest.fixture
+def events_agent(
+    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[AgentProcess, str, str]]:
+    """A real agent with events on, a capacity of MAX_BLOCKS blocks and a GC pass every 0.3 s."""
+    pub, replay = free_port(), free_port()
+    environ = events_environ(cache, pub, replay)
     monkeypatch.setattr(cache, "agent_environ", lambda: environ)
     agent = AgentProcess(cache, tmp_path / "agent.log")
     yield agent, f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}"
@@ -101,26 +122,50 @@ def receive_until_equal(sub: zmq.Socket[bytes], view: View, volume: Path) -> Non
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
         if sub.poll(100):
-            view.apply(*sub.recv_multipart())
+            view.take(*sub.recv_multipart())
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > 1.0 and view.blocks == block_files(volume):
             return
     assert view.blocks == block_files(volume)
 
 
-def replay_all(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> View:
-    """A late subscriber: everything the agent kept, from sequence 0, through the replay socket."""
+def replayed(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, start: int
+) -> list[tuple[bytes, bytes, bytes]]:
+    """Every message the agent kept from sequence `start` on, through the replay socket."""
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.RCVTIMEO, 10_000)
     dealer.connect(endpoint)
-    dealer.send_multipart((b"", (0).to_bytes(8, "big")))
-    view = View()
+    dealer.send_multipart((b"", start.to_bytes(8, "big")))
+    out = []
     while True:
         _, topic, seq, payload = dealer.recv_multipart()
         if int.from_bytes(seq, "big", signed=True) == -1:
             dealer.close(linger=0)
-            return view
-        view.apply(topic, seq, payload)
+            return out
+        out.append((topic, seq, payload))
+
+
+def replay_all(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> View:
+    """A late subscriber: everything the agent kept, from sequence 0."""
+    view = View()
+    for message in replayed(ctx, endpoint, 0):
+        view.apply(*message)
+    return view
+
+
+def store_prompts(
+    engine: ManagerEngine, first: int, count: int, sub: zmq.Socket[bytes], view: View
+) -> list[bytes]:
+    """Run `count` prompts of BLOCKS_PER_PROMPT fresh blocks each; their offload keys."""
+    keys: list[bytes] = []
+    for n in range(first, first + count):
+        prompt = [(n * 7919 + i * 31) % 1000 for i in range(BLOCKS_PER_PROMPT * TOKENS_PER_BLOCK)]
+        keys += engine.keys(prompt)
+        assert engine.run_request(f"r-{n}", prompt).stored == BLOCKS_PER_PROMPT
+        while sub.poll(0):
+            view.take(*sub.recv_multipart())
+    return keys
 
 
 def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late_subscriber_replays_it(
@@ -135,15 +180,8 @@ def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late
         engine = engines("a")
         engine.seed_hashes()
         engine.wait_connected()
-        keys: list[bytes] = []
         view = View()
-        for n in range(PROMPTS):
-            prompt = [(n * 7919 + i * 31) % 1000 for i in range(BLOCKS_PER_PROMPT * TOKENS_PER_BLOCK)]
-            keys += engine.keys(prompt)
-            outcome = engine.run_request(f"a-{n}", prompt)
-            assert outcome.stored == BLOCKS_PER_PROMPT
-            while sub.poll(0):
-                view.apply(*sub.recv_multipart())
+        keys = store_prompts(engine, 0, PROMPTS, sub, view)
         receive_until_equal(sub, view, cache.volume)
         on_disk = block_files(cache.volume)
         assert 0 < len(on_disk) <= 0.9 * MAX_BLOCKS, "GC did not run"
@@ -155,3 +193,40 @@ def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late
         assert late.seqs == view.seqs
         sub.close(linger=0)
     assert "KV events for pool:team/shared" in agent.log()
+
+
+def test_a_subscriber_that_stays_connected_through_an_agent_restart_keeps_an_equal_view(
+    cache: Cache, engines: EngineFactory, tmp_path: Path
+) -> None:
+    pub, replay = free_port(), free_port()
+    environ = events_environ(cache, pub, replay)
+    cache.agent_environ = lambda: environ  # type: ignore[method-assign]
+    agent = AgentProcess(cache, tmp_path / "agent-1.log")
+    with zmq.Context() as ctx:
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(f"tcp://127.0.0.1:{pub}")
+        sub.setsockopt_string(zmq.SUBSCRIBE, "")
+        time.sleep(0.5)
+        engine = engines("a")
+        engine.seed_hashes()
+        engine.wait_connected()
+        view = View(lambda start: replayed(ctx, f"tcp://127.0.0.1:{replay}", start))
+        try:
+            store_prompts(engine, 0, PROMPTS // 2, sub, view)
+            receive_until_equal(sub, view, cache.volume)
+        finally:
+            agent.stop()
+        restarted = AgentProcess(cache, tmp_path / "agent-2.log")  # same ports: ZMQ reconnects the SUB
+        try:
+            time.sleep(0.5)
+            engine.wait_connected()
+            before = len(view.seqs)
+            store_prompts(engine, PROMPTS, PROMPTS, sub, view)
+            receive_until_equal(sub, view, cache.volume)
+            assert view.seqs[before] == 0  # a new publisher: its sequence starts again ...
+            assert view.seqs[before:] == list(range(len(view.seqs) - before))  # ... and none was missed
+            assert view.blocks == block_files(cache.volume)
+            assert len(view.blocks) <= 0.9 * MAX_BLOCKS
+        finally:
+            sub.close(linger=0)
+            restarted.stop()
