@@ -130,6 +130,10 @@ class AgentSettings(BaseSettings):
     """Batches kept for replay (also bounded by events_replay_bytes)."""
     events_replay_bytes: int = Field(default=64 << 20, ge=1024)
     """Bytes of batches kept for replay."""
+    events_summary_port: int = Field(default=5559, ge=0, le=65535)
+    """TCP port of the HTTP membership summary (Bloom filters of the volume's blocks; 0: not served)."""
+    events_summary_interval_seconds: float = Field(default=300.0, ge=1.0)
+    """Seconds between the walks of the volume's file names that rebuild the membership summary."""
     events_max_queue: int = Field(default=100_000, ge=16, le=10_000_000)
     """Changes waiting for the publisher thread; beyond, a change is dropped and counted, never waited for."""
 

@@ -159,7 +159,7 @@ def kv_events(settings: AgentSettings, metrics: AgentMetrics, manager: CapacityM
 def close_events(events: AgentEvents | None) -> None:
     """Publish what is queued and close the events sockets (main thread, after the tier stopped)."""
     if events is not None:
-        events.publisher.close()
+        events.close()
 
 
 def _sweep_dead_writers(settings: AgentSettings, tag: str, manager: CapacityManager) -> None:

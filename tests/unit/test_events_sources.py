@@ -185,6 +185,7 @@ def test_the_agent_builds_its_publisher_from_the_settings_and_names_a_port_it_ca
         pod_ip="127.0.0.1",
         cache_namespace="team",
         cache_name="shared",
+        events_summary_port=0,
     )
     assert endpoints(settings) == (f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{replay}")
     assert endpoints(settings.model_copy(update={"pod_ip": "fd00::1", "events_replay_port": 0})) == (

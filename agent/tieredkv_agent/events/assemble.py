@@ -10,6 +10,8 @@ import zmq
 from tieredkv_agent.config import AgentSettings
 from tieredkv_agent.events.publisher import KvEventPublisher, PublisherLimits
 from tieredkv_agent.events.sources import BlockEvents
+from tieredkv_agent.events.summary import MembershipSummary
+from tieredkv_agent.events.summary_server import SummaryService
 from tieredkv_agent.events.wire import pool_identity
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,13 @@ class AgentEvents:
 
     publisher: KvEventPublisher
     blocks: BlockEvents
+    summary: SummaryService | None = None
+
+    def close(self) -> None:
+        """Stop the summary, publish what is queued, close the sockets (main thread)."""
+        if self.summary is not None:
+            self.summary.stop()
+        self.publisher.close()
 
 
 def endpoints(settings: AgentSettings) -> tuple[str, str | None]:
@@ -57,4 +66,28 @@ def block_events(settings: AgentSettings) -> AgentEvents | None:
     log.info(
         "KV events for %s on %s, replay on %s", identity, publisher.endpoint, publisher.replay_endpoint or "-"
     )
-    return AgentEvents(publisher, BlockEvents(publisher, identity))
+    blocks = BlockEvents(publisher, identity)
+    try:
+        summary = summary_service(settings, blocks)
+    except OSError as exc:
+        publisher.close()
+        raise EventsStartupError(
+            f"cannot serve the membership summary on port {settings.events_summary_port}: "
+            f"{exc.strerror or exc} (set TIEREDKV_EVENTS_SUMMARY_PORT, or 0 not to serve it)"
+        ) from exc
+    return AgentEvents(publisher, blocks, summary)
+
+
+def summary_service(settings: AgentSettings, blocks: BlockEvents) -> SummaryService | None:
+    """The HTTP membership summary when `events_summary_port` is set, started (start-up thread)."""
+    if not settings.events_summary_port:
+        return None
+    summary = MembershipSummary(settings.store_dir)
+    host = settings.pod_ip or "0.0.0.0"
+    service = SummaryService(
+        summary, host, settings.events_summary_port, settings.events_summary_interval_seconds
+    )
+    blocks.summary = summary
+    service.start()
+    log.info("membership summary on http://%s:%d/kv/summary", host, service.port)
+    return service

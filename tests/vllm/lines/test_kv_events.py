@@ -9,9 +9,12 @@ from sequence 0 must rebuild the same set.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -23,6 +26,7 @@ from tests.unit.agent_process import free_port
 from tests.unit.contract_harness import AgentProcess, Cache
 from tests.vllm.lines.conftest import EngineFactory
 from tests.vllm.lines.manager_engine import TOKENS_PER_BLOCK, ManagerEngine
+from tieredkv_agent.events.summary import positions
 
 pytestmark = pytest.mark.vllm
 
@@ -85,13 +89,15 @@ def block_files(volume: Path) -> set[Block]:
     return out
 
 
-def events_environ(cache: Cache, pub: int, replay: int) -> dict[str, str]:
+def events_environ(cache: Cache, pub: int, replay: int, summary: int = 0) -> dict[str, str]:
     """The agent's environment as the operator renders it, with events on and a small capacity."""
     environ = cache.agent_environ()
     settings = {
         "EVENTS_ENABLED": "true",
         "EVENTS_PORT": str(pub),
         "EVENTS_REPLAY_PORT": str(replay),
+        "EVENTS_SUMMARY_PORT": str(summary),
+        "EVENTS_SUMMARY_INTERVAL_SECONDS": "1",
         "POD_IP": "127.0.0.1",
         "MAX_BYTES": str(MAX_BLOCKS * BLOCK),
         "HIGH_WATERMARK": "0.9",
@@ -106,13 +112,13 @@ def events_environ(cache: Cache, pub: int, replay: int) -> dict[str, str]:
 @pytest.fixture
 def events_agent(
     cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[AgentProcess, str, str]]:
+) -> Iterator[tuple[AgentProcess, str, str, str]]:
     """A real agent with events on, a capacity of MAX_BLOCKS blocks and a GC pass every 0.3 s."""
-    pub, replay = free_port(), free_port()
-    environ = events_environ(cache, pub, replay)
+    pub, replay, summary = free_port(), free_port(), free_port()
+    environ = events_environ(cache, pub, replay, summary)
     monkeypatch.setattr(cache, "agent_environ", lambda: environ)
     agent = AgentProcess(cache, tmp_path / "agent.log")
-    yield agent, f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}"
+    yield agent, f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}", f"http://127.0.0.1:{summary}"
     agent.stop()
 
 
@@ -168,10 +174,33 @@ def store_prompts(
     return keys
 
 
+def assert_summary_holds(url: str, on_disk: set[Block]) -> None:
+    """A walk after the run (every second here) gives filters that hold every block on disk."""
+    first = fetch_index(url)["version"]
+    deadline = time.monotonic() + WAIT_S
+    while (index := fetch_index(url))["version"] < first + 2:  # a walk that began after GC settled
+        assert time.monotonic() < deadline, "the summary was not rebuilt"
+        time.sleep(0.2)
+    for name, entry in index["namespaces"].items():
+        with urllib.request.urlopen(url + entry["path"], timeout=5) as reply:
+            data, bits = reply.read(), int(reply.headers["X-Tieredkv-Bits"])
+        mine = [h for ns, h, _ in on_disk if ns == name]
+        assert entry["blocks"] == len(mine) and entry["model"] == "tieredkv/tiny-llama"
+        for h in mine:
+            assert isinstance(h, bytes)
+            assert all(data[p // 8] & (1 << (p % 8)) for p in positions(h, bits))
+
+
+def fetch_index(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/kv/summary", timeout=5) as reply:
+        index: dict[str, Any] = json.loads(reply.read())
+    return index
+
+
 def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late_subscriber_replays_it(
-    events_agent: tuple[AgentProcess, str, str], engines: EngineFactory, cache: Cache
+    events_agent: tuple[AgentProcess, str, str, str], engines: EngineFactory, cache: Cache
 ) -> None:
-    agent, endpoint, replay_endpoint = events_agent
+    agent, endpoint, replay_endpoint, summary_url = events_agent
     with zmq.Context() as ctx:
         sub = ctx.socket(zmq.SUB)
         sub.connect(endpoint)
@@ -191,6 +220,7 @@ def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late
         late = replay_all(ctx, replay_endpoint)
         assert late.blocks == on_disk
         assert late.seqs == view.seqs
+        assert_summary_holds(summary_url, on_disk)
         sub.close(linger=0)
     assert "KV events for pool:team/shared" in agent.log()
 
