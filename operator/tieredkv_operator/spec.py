@@ -261,14 +261,17 @@ class EventsSpec(CamelModel):
     """Port of the agents' PUB socket (vLLM's default events port)."""
     replay_port: int = Field(default=5558, ge=1024, le=65535)
     """Port of the agents' replay socket, where late subscribers ask for missed batches."""
+    summary_port: int = Field(default=5559, ge=1024, le=65535)
+    """HTTP port of the agents' membership summary for polling routers."""
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Self:
-        ports = [self.port, self.replay_port, METRICS_PORT]
+        ports = [self.port, self.replay_port, self.summary_port, METRICS_PORT]
         if len(set(ports)) < len(ports):
             raise ValueError(
-                f"events.port ({self.port}) and events.replayPort ({self.replay_port}) must differ from "
-                f"each other and from the agents' metrics port {METRICS_PORT}"
+                f"events.port ({self.port}), events.replayPort ({self.replay_port}) and "
+                f"events.summaryPort ({self.summary_port}) must differ from each other and from the "
+                f"agents' metrics port {METRICS_PORT}"
             )
         return self
 

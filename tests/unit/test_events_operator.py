@@ -42,17 +42,19 @@ def test_events_off_render_exactly_what_a_cache_without_the_field_renders() -> N
 
 
 def test_events_on_reach_the_agent_settings_its_container_ports_and_the_headless_service() -> None:
-    on = spec(enabled=True, port=6000, replayPort=6001)
+    on = spec(enabled=True, port=6000, replayPort=6001, summaryPort=6002)
     env = plain_env(on)
     settings = AgentSettings(
         **{k.removeprefix("TIEREDKV_").lower(): v for k, v in env.items() if k.startswith("TIEREDKV_EVENTS")}
     )
     assert (settings.events_enabled, settings.events_port, settings.events_replay_port) == (True, 6000, 6001)
+    assert settings.events_summary_port == 6002
     (container,) = template(on)["spec"]["containers"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "metrics": 9400,
         "kv-events": 6000,
         "kv-replay": 6001,
+        "kv-summary": 6002,
     }
     service = agents.metrics_service(CACHE, on)
     assert service["spec"]["clusterIP"] == "None"
@@ -60,6 +62,7 @@ def test_events_on_reach_the_agent_settings_its_container_ports_and_the_headless
         "metrics": (9400, "metrics"),
         "kv-events": (6000, "kv-events"),
         "kv-replay": (6001, "kv-replay"),
+        "kv-summary": (6002, "kv-summary"),
     }
     assert template(on) != template(spec())  # turning events on rolls the agents
 
@@ -69,6 +72,7 @@ def test_events_on_reach_the_agent_settings_its_container_ports_and_the_headless
     [
         ({"port": 5557, "replayPort": 5557}, "must differ"),
         ({"port": 9400}, "metrics port 9400"),
+        ({"summaryPort": 5557}, "must differ"),
         ({"port": 80}, "greater than or equal to 1024"),
     ],
 )

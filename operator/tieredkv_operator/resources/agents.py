@@ -75,6 +75,7 @@ def events_env(spec: TieredKVCacheSpec) -> dict[str, object]:
         "TIEREDKV_EVENTS_ENABLED": "true",
         "TIEREDKV_EVENTS_PORT": events.port,
         "TIEREDKV_EVENTS_REPLAY_PORT": events.replay_port,
+        "TIEREDKV_EVENTS_SUMMARY_PORT": events.summary_port,
     }
 
 
@@ -85,6 +86,7 @@ def events_ports(spec: TieredKVCacheSpec, *, service: bool = False) -> list[Mani
     ports = [
         (names.EVENTS_PORT_NAME, spec.events.port),
         (names.EVENTS_REPLAY_PORT_NAME, spec.events.replay_port),
+        (names.EVENTS_SUMMARY_PORT_NAME, spec.events.summary_port),
     ]
     if service:
         return [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]
