@@ -121,6 +121,24 @@ class AgentSettings(BaseSettings):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     """0 disables the metrics endpoint."""
 
+    # KV events for routers (docs/events.md).
+    events_enabled: bool = False
+    """Publish the cache's block changes as vLLM KV events (ZMQ PUB) for prefix-aware routers."""
+    events_port: int = Field(default=5557, ge=1, le=65535)
+    """TCP port of the KV-events PUB socket (bound on pod_ip, else every address)."""
+    events_replay_port: int = Field(default=5558, ge=0, le=65535)
+    """TCP port of the replay ROUTER socket late subscribers ask for missed batches (0: no replay)."""
+    events_replay_batches: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Batches kept for replay (also bounded by events_replay_bytes)."""
+    events_replay_bytes: int = Field(default=64 << 20, ge=1024)
+    """Bytes of batches kept for replay."""
+    events_summary_port: int = Field(default=5559, ge=0, le=65535)
+    """TCP port of the HTTP membership summary (Bloom filters of the volume's blocks; 0: not served)."""
+    events_summary_interval_seconds: float = Field(default=300.0, ge=1.0)
+    """Seconds between the walks of the volume's file names that rebuild the membership summary."""
+    events_max_queue: int = Field(default=100_000, ge=16, le=10_000_000)
+    """Changes waiting for the publisher thread; beyond, a change is dropped and counted, never waited for."""
+
     @model_validator(mode="after")
     def _watermarks(self) -> Self:
         if self.low_watermark >= self.high_watermark:

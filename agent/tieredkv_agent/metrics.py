@@ -22,6 +22,7 @@ from tieredkv_agent.engine.jobs import JobKind, KeyStatus
 if TYPE_CHECKING:
     from tieredkv_agent.api.server import AgentServer
     from tieredkv_agent.capacity import CapacityManager
+    from tieredkv_agent.events import KvEventPublisher
     from tieredkv_agent.tiers.file import FileTier
     from tieredkv_agent.tiers.ram import RamPool, RamStats
 
@@ -265,6 +266,39 @@ class ApiCollector(Collector):
         )
 
 
+class EventsCollector(Collector):
+    """The KV-events publisher's counters (all zero while events are off)."""
+
+    def __init__(self, publisher: KvEventPublisher | None = None) -> None:
+        self.publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.publisher.stats() if self.publisher is not None else None
+        counters = [
+            ("tieredkv_events_published", "KV events sent to subscribers", s and s.published_events),
+            ("tieredkv_events_batches", "KV event batches (messages) sent", s and s.published_batches),
+            (
+                "tieredkv_events_dropped",
+                "KV events dropped because the queue was full",
+                s and s.dropped_events,
+            ),
+            ("tieredkv_events_replays", "Replay requests served", s and s.replays),
+        ]
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=float(value or 0))
+        gauges = [
+            (
+                "tieredkv_events_subscriptions",
+                "Topic subscriptions of connected subscribers",
+                s and s.subscriptions,
+            ),
+            ("tieredkv_events_queued", "KV events waiting for the publisher thread", s and s.queued_events),
+            ("tieredkv_events_replay_bytes", "Bytes of batches kept for replay", s and s.replay_bytes),
+        ]
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(name, doc, value=float(value or 0))
+
+
 class AgentMetrics:
     """One agent process's registry and collectors (built on the main thread at start-up)."""
 
@@ -294,7 +328,8 @@ class AgentMetrics:
         self.file_tier = FileTierCollector()
         self.tiers = TiersCollector(self.file_tier, self.capacity)
         self.api = ApiCollector()
-        for collector in (self.capacity, self.file_tier, self.tiers, self.api):
+        self.events = EventsCollector()
+        for collector in (self.capacity, self.file_tier, self.tiers, self.api, self.events):
             self.registry.register(collector)
 
     def observe_block_io(self, op: str, seconds: float) -> None:

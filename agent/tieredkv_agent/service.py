@@ -20,6 +20,7 @@ from tieredkv_agent.api.session import Limits
 from tieredkv_agent.api.socket_lock import SocketPathError
 from tieredkv_agent.capacity import CapacityManager, FileLockElector, LeaderElector
 from tieredkv_agent.config import AgentSettings
+from tieredkv_agent.events import AgentEvents, EventsStartupError, block_events
 from tieredkv_agent.metrics import AgentMetrics
 from tieredkv_agent.report import MismatchReporter, in_cluster_patch
 from tieredkv_agent.store.hashing import HashAlgo, SeedRule, UnshareableNoneHashError, none_hash_for_env
@@ -95,8 +96,8 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
     tag = writer.register()
     manager = capacity_manager(settings, elector(settings))
     metrics.capacity.manager = manager
-    files = file_tier(settings, metrics, writer_tag=tag, on_no_space=manager.volume_full)
-    metrics.file_tier.tier = files
+    events = kv_events(settings, metrics, manager)
+    files = file_tier(settings, metrics, writer_tag=tag, on_no_space=manager.volume_full, events=events)
     tier = data_tier(settings, files, metrics)
     reporter = mismatch_reporter(settings) if settings.mode == "agent" else None
     try:
@@ -136,7 +137,29 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
             reporter.stop()
         manager.stop(release=True)
         tier.shutdown()
+        close_events(events)
         writer.close()
+
+
+def kv_events(settings: AgentSettings, metrics: AgentMetrics, manager: CapacityManager) -> AgentEvents | None:
+    """The KV-events publisher when `events_enabled`, told of GC's deletions (start-up thread).
+
+    See docs/events.md: this agent's stores are announced through the file tier (`file_tier(events=)`).
+    """
+    try:
+        events = block_events(settings)
+    except EventsStartupError as exc:
+        raise StartupError(str(exc)) from None
+    if events is not None:
+        metrics.events.publisher = events.publisher
+        manager.on_evicted = events.blocks.evicted
+    return events
+
+
+def close_events(events: AgentEvents | None) -> None:
+    """Publish what is queued and close the events sockets (main thread, after the tier stopped)."""
+    if events is not None:
+        events.close()
 
 
 def _sweep_dead_writers(settings: AgentSettings, tag: str, manager: CapacityManager) -> None:
@@ -229,14 +252,17 @@ def file_tier(
     *,
     writer_tag: str = "",
     on_no_space: Callable[[], None] | None = None,
+    events: AgentEvents | None = None,
 ) -> FileTier:
     """The shared-volume tier; in agent mode the socket server hands it the instances' block jobs."""
     hooks: dict[str, Any] = {}
+    if events is not None:
+        hooks["on_block_file"] = events.blocks.block_file
     if metrics is not None:
         hooks["block_timer"] = metrics.observe_block_io
     if on_no_space is not None:
         hooks["on_no_space"] = on_no_space
-    return FileTier(
+    files = FileTier(
         root_dir=settings.store_dir,
         read_threads=settings.read_threads,
         write_threads=settings.write_threads,
@@ -245,6 +271,9 @@ def file_tier(
         writer_tag=writer_tag,
         **hooks,
     )
+    if metrics is not None:
+        metrics.file_tier.tier = files
+    return files
 
 
 def data_tier(settings: AgentSettings, files: FileTier, metrics: AgentMetrics | None = None) -> Tier:

@@ -9,6 +9,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Final
 
+from tieredkv_operator import spec as _spec
 from tieredkv_operator.spec import API_VERSION, KIND, TieredKVCacheSpec
 
 PART_OF: Final = "tieredkv"
@@ -42,9 +43,16 @@ ANNOTATION_ALLOW_ORPHANING: Final = "tieredkv.io/allow-orphaning"
 ANNOTATION_RECREATE_CLAIM: Final = "tieredkv.io/recreate-claim"
 """On a cache: each new value lets the operator create a new, empty claim after the old one was deleted."""
 
+METRICS_PORT: Final = _spec.METRICS_PORT
+"""The agents' metrics port (defined with the spec, whose events ports must not take it)."""
+EVENTS_PORT_NAME: Final = "kv-events"
+"""Name of the agents' KV-events PUB port (container and Service)."""
+EVENTS_REPLAY_PORT_NAME: Final = "kv-replay"
+"""Name of the agents' KV-events replay port."""
+EVENTS_SUMMARY_PORT_NAME: Final = "kv-summary"
+"""Name of the agents' membership-summary HTTP port."""
 STORE_MOUNT_PATH: Final = "/var/lib/tieredkv/store"
 """Where the agents mount the shared volume."""
-METRICS_PORT: Final = 9400
 CONFIG_KEY: Final = "kv-transfer-config.json"
 """Key of the rendered --kv-transfer-config JSON in the cache's ConfigMap."""
 SEED_KEY_DEFAULT: Final = "seed"

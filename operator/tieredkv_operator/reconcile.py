@@ -105,7 +105,12 @@ def _apply_all(run: Pass, settings: OperatorSettings) -> None:
         pod_annotations=settings.agent_pod_annotations,
     )
     observed.daemon_set = _apply(run, agents.daemon_set(cache, spec, template))
-    for child in (config_map, rbac.role(cache), rbac.role_binding(cache), agents.metrics_service(cache)):
+    for child in (
+        config_map,
+        rbac.role(cache),
+        rbac.role_binding(cache),
+        agents.metrics_service(cache, spec),
+    ):
         _apply(run, child)
 
 

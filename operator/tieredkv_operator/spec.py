@@ -247,6 +247,35 @@ class CapacitySpec(CamelModel):
         return self
 
 
+METRICS_PORT: Final = 9400
+"""The agents' metrics port (rendered by resources/agents.py; the events ports must not take it)."""
+
+
+class EventsSpec(CamelModel):
+    """KV events for prefix-aware routers (docs/events.md): the agents publish, in vLLM's KV-events format,
+    every block file that appears on the volume and every one GC deletes."""
+
+    enabled: bool = False
+    """Publish KV events from every agent (ZMQ PUB on `port`, replay on `replayPort`)."""
+    port: int = Field(default=5557, ge=1024, le=65535)
+    """Port of the agents' PUB socket (vLLM's default events port)."""
+    replay_port: int = Field(default=5558, ge=1024, le=65535)
+    """Port of the agents' replay socket, where late subscribers ask for missed batches."""
+    summary_port: int = Field(default=5559, ge=1024, le=65535)
+    """HTTP port of the agents' membership summary for polling routers."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Self:
+        ports = [self.port, self.replay_port, self.summary_port, METRICS_PORT]
+        if len(set(ports)) < len(ports):
+            raise ValueError(
+                f"events.port ({self.port}), events.replayPort ({self.replay_port}) and "
+                f"events.summaryPort ({self.summary_port}) must differ from each other and from the "
+                f"agents' metrics port {METRICS_PORT}"
+            )
+        return self
+
+
 class TieredKVCacheSpec(CamelModel):
     """Desired state of a shared, tiered KV cache for a set of vLLM pods."""
 
@@ -260,6 +289,8 @@ class TieredKVCacheSpec(CamelModel):
     """The per-node agents."""
     capacity: CapacitySpec = CapacitySpec()
     """Capacity bound and GC watermarks of the shared tier."""
+    events: EventsSpec = EventsSpec()
+    """KV events about the shared tier for prefix-aware routers (off by default)."""
 
     @model_validator(mode="after")
     def _max_bytes_fit_the_volume(self) -> Self:

@@ -168,3 +168,36 @@ def test_a_subscriber_rebuilds_the_volume_from_the_events_after_stores_and_gc(tm
             sub.close(linger=0)
             tier.shutdown(2.0)
             publisher.close()
+
+
+def test_the_agent_builds_its_publisher_from_the_settings_and_names_a_port_it_cannot_bind() -> None:
+    from tests.unit.agent_process import free_port
+    from tieredkv_agent.config import AgentSettings
+    from tieredkv_agent.events import EventsStartupError, block_events
+    from tieredkv_agent.events.assemble import endpoints
+
+    assert block_events(AgentSettings()) is None
+    port, replay = free_port(), free_port()
+    settings = AgentSettings(
+        events_enabled=True,
+        events_port=port,
+        events_replay_port=replay,
+        pod_ip="127.0.0.1",
+        cache_namespace="team",
+        cache_name="shared",
+        events_summary_port=0,
+    )
+    assert endpoints(settings) == (f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{replay}")
+    assert endpoints(settings.model_copy(update={"pod_ip": "fd00::1", "events_replay_port": 0})) == (
+        f"tcp://[fd00::1]:{port}",
+        None,
+    )
+    events = block_events(settings)
+    assert events is not None
+    try:
+        assert events.blocks.identity == "pool:team/shared"
+        assert events.publisher.endpoint == f"tcp://127.0.0.1:{port}"
+        with pytest.raises(EventsStartupError, match=f"127.0.0.1:{port}.*TIEREDKV_EVENTS_PORT"):
+            block_events(settings)
+    finally:
+        events.publisher.close()

@@ -78,7 +78,7 @@ def test_the_spec_dumps_camel_case_and_validates_back_to_an_equal_model() -> Non
     example = yaml.safe_load((EXAMPLES / "cache-agent.yaml").read_text())
     spec = TieredKVCacheSpec.model_validate(example["spec"])
     dumped = spec.model_dump(mode="json")
-    assert {"hashSeed", "storage", "vllm", "agent", "capacity"} == set(dumped)
+    assert {"hashSeed", "storage", "vllm", "agent", "capacity", "events"} == set(dumped)
     assert "existingClaim" in dumped["storage"] and "cpuBytes" in dumped["vllm"]
     assert "storeAdmission" in dumped["agent"] and "maxTrackerSize" in dumped["agent"]["storeAdmission"]
     assert TieredKVCacheSpec.model_validate(dumped) == spec

@@ -55,7 +55,8 @@ class PublisherLimits:
     max_batch_events: int = 512
     replay_max_batches: int = 10_000
     replay_max_bytes: int = 64 << 20
-    hwm: int = 100_000
+    hwm: int = 1000
+    """Messages queued per subscriber (a slow one loses the newer ones and must replay)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tieredkv_agent.events.publisher import Change
+from tieredkv_agent.events.summary import MembershipSummary
 from tieredkv_agent.events.wire import topic_for
 from tieredkv_agent.store.naming import Namespace, parse_namespace_dir, split_offload_key
 
@@ -47,6 +48,8 @@ class BlockEvents:
     def __init__(self, publisher: ChangeSink, identity: str) -> None:
         self.publisher = publisher
         self.identity = identity
+        self.summary: MembershipSummary | None = None
+        """Hears this agent's new blocks between its walks (set by `assemble` when it serves one)."""
         self._models: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -62,6 +65,8 @@ class BlockEvents:
             model = self._model(namespace.config_dir)
         change = Change(topic_for(self.identity, model), not present, block_hash, group, name)
         self.publisher.publish(change)
+        if present and self.summary is not None:
+            self.summary.add(name, block_hash)
 
     def evicted(self, path: str) -> None:
         """GC deleted the block file at `path` (GC eviction threads); names it cannot parse are skipped."""

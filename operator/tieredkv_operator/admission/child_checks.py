@@ -46,7 +46,7 @@ def built_children(name: str, namespace: str, spec: TieredKVCacheSpec) -> list[M
         rbac.service_account(cache),
         rbac.role(cache),
         rbac.role_binding(cache),
-        agents.metrics_service(cache),
+        agents.metrics_service(cache, spec),
         agents.daemon_set(cache, spec, template),
     ]
     return [child for child in children if child is not None]

@@ -55,6 +55,7 @@ def agent_env(
     }
     if max_bytes is not None:
         plain["TIEREDKV_MAX_BYTES"] = max_bytes
+    plain.update(events_env(spec))
     env: list[Manifest] = [{"name": k, "value": str(v)} for k, v in plain.items()]
     env += [
         {"name": "TIEREDKV_NODE_NAME", **_field("spec.nodeName")},
@@ -63,6 +64,33 @@ def agent_env(
         {"name": "PYTHONHASHSEED", "valueFrom": {"secretKeyRef": {"name": seed_name, "key": seed_key}}},
     ]
     return env
+
+
+def events_env(spec: TieredKVCacheSpec) -> dict[str, object]:
+    """The agents' KV-events settings; none while events are off, so enabling them is the only change."""
+    events = spec.events
+    if not events.enabled:
+        return {}
+    return {
+        "TIEREDKV_EVENTS_ENABLED": "true",
+        "TIEREDKV_EVENTS_PORT": events.port,
+        "TIEREDKV_EVENTS_REPLAY_PORT": events.replay_port,
+        "TIEREDKV_EVENTS_SUMMARY_PORT": events.summary_port,
+    }
+
+
+def events_ports(spec: TieredKVCacheSpec, *, service: bool = False) -> list[Manifest]:
+    """The container (with `service`: Service) ports of the KV-events sockets; none while events are off."""
+    if not spec.events.enabled:
+        return []
+    ports = [
+        (names.EVENTS_PORT_NAME, spec.events.port),
+        (names.EVENTS_REPLAY_PORT_NAME, spec.events.replay_port),
+        (names.EVENTS_SUMMARY_PORT_NAME, spec.events.summary_port),
+    ]
+    if service:
+        return [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]
+    return [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports]
 
 
 def _container(
@@ -77,7 +105,10 @@ def _container(
         "image": image,
         "command": ["tieredkv-agent", "run"],
         "env": agent_env(cache, spec, max_bytes, config_hash),
-        "ports": [{"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+            *events_ports(spec),
+        ],
         "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 2},
         "resources": spec.agent.resources,
         "volumeMounts": [store_mount, {"name": SOCKET_VOLUME, "mountPath": socket_dir}],
@@ -142,8 +173,10 @@ def daemon_set(cache: CacheRef, spec: TieredKVCacheSpec, template: Manifest) -> 
     }
 
 
-def metrics_service(cache: CacheRef) -> Manifest:
-    """Headless Service over the agents' metrics ports, for ServiceMonitors and ad-hoc scraping."""
+def metrics_service(cache: CacheRef, spec: TieredKVCacheSpec | None = None) -> Manifest:
+    """Headless Service over the agents' metrics ports, for ServiceMonitors and ad-hoc scraping, and over
+    their KV-events ports when `spec.events` is on (its DNS name resolves to every agent, which is what a
+    subscriber connects to)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -157,7 +190,8 @@ def metrics_service(cache: CacheRef) -> Manifest:
             "clusterIP": "None",
             "selector": names.selector_labels(cache.name, "agent"),
             "ports": [
-                {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
+                {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+                *(events_ports(spec, service=True) if spec is not None else []),
             ],
         },
     }
