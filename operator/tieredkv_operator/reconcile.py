@@ -242,7 +242,8 @@ def _observe(run: Pass, *, children: bool) -> None:
     ns = cache.namespace
     if children:
         observed.pvc = kube.get("v1", "PersistentVolumeClaim", ns, names.pvc_name(cache.name, spec))
-        observed.claim_deleted = observed.pvc is None and bool(observed.recorded.get("claimUid"))
+        created = spec.storage.existing_claim is None  # an adopted claim that is gone is ClaimNotFound
+        observed.claim_deleted = created and observed.pvc is None and bool(observed.recorded.get("claimUid"))
         observed.daemon_set = kube.get("apps/v1", "DaemonSet", ns, names.agent_name(cache.name))
         observed.config_hash = vllm_configmap.rendered(cache, spec)[1]
     if not run.seed_read:

@@ -82,8 +82,10 @@ def test_a_lost_seed_is_not_replaced_until_a_new_one_is_asked_for(
     _create(api, ns)
     ready = caches.wait_condition(api, ns, "c", "Ready", "True", timeout=90)
     old = _seed(core, ns)
+    operator.stop()  # both gone before any pass could restore one from the other
     core.delete_namespaced_secret(BACKUP, ns)
     core.delete_namespaced_secret(SEED, ns)
+    operator.start()
     obj = testing.wait_for(lambda: _reason(api, ns, "SeedConsistent", "SeedSecretMissing"), 30, "lost")
     assert "lost" in caches.condition(obj, "SeedConsistent")["message"]
     time.sleep(5)  # two drift intervals: still nothing made up
