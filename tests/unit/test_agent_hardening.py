@@ -220,19 +220,23 @@ def test_the_accept_loop_survives_a_connection_whose_threads_cannot_start(
         server.close()
 
 
-def test_jobs_larger_than_the_staging_budgets_run_in_chunks_and_wait_for_each_other(
-    tmp_path: Path, tier: FileTier
-) -> None:
-    limits = AgentLimits(
-        max_staged_bytes=2 * BLOCK, max_total_staged_bytes=3 * BLOCK, staging_chunk_bytes=BLOCK
-    )
-    server = AgentServer(
+def limited_server(tmp_path: Path, tier: FileTier, limits: AgentLimits) -> AgentServer:
+    return AgentServer(
         tmp_path / "run" / "agent.sock",
         tier,
         agent_version="t",
         expected_fingerprint=FINGERPRINT,
         agent_limits=limits,
     )
+
+
+def test_jobs_larger_than_the_staging_budgets_run_in_chunks_and_wait_for_each_other(
+    tmp_path: Path, tier: FileTier
+) -> None:
+    limits = AgentLimits(
+        max_staged_bytes=2 * BLOCK, max_total_staged_bytes=3 * BLOCK, staging_chunk_bytes=BLOCK
+    )
+    server = limited_server(tmp_path, tier, limits)
     name = tier.namespace(CONFIG).config_dir.name
     try:
         with (
@@ -276,13 +280,7 @@ def test_a_client_that_leaves_with_jobs_staged_and_waiting_gives_every_budget_ba
     tmp_path: Path, tier: FileTier
 ) -> None:
     limits = AgentLimits(max_staged_bytes=BLOCK, max_total_staged_bytes=BLOCK, staging_chunk_bytes=BLOCK)
-    server = AgentServer(
-        tmp_path / "run" / "agent.sock",
-        tier,
-        agent_version="t",
-        expected_fingerprint=FINGERPRINT,
-        agent_limits=limits,
-    )
+    server = limited_server(tmp_path, tier, limits)
     name = tier.namespace(CONFIG).config_dir.name
     try:
         with region_file(8 * BLOCK, shm_dir(str(tmp_path))) as made:
