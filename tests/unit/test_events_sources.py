@@ -36,6 +36,9 @@ class Recorder:
         self.changes.append(change)
         return True
 
+    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
+        return self.publish(change)
+
 
 def key(n: int, group: int = 0) -> bytes:
     return make_offload_key(hashlib.sha256(str(n).encode()).digest(), group)

@@ -136,6 +136,18 @@ class KvEventPublisher:
             self._dropped += 1
         return False
 
+    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
+        """Queue one change, waiting up to `timeout_s` for room (a walk's thread, never an I/O thread)."""
+        if not self._stopping:
+            try:
+                self._queue.put(change, timeout=timeout_s)
+                return True
+            except queue.Full:
+                pass
+        with self._drop_lock:
+            self._dropped += 1
+        return False
+
     # -- control (start-up thread) ----------------------------------------------------------------
 
     def close(self, timeout_s: float = 2.0) -> None:

@@ -225,11 +225,11 @@ def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late
     assert "KV events for pool:team/shared" in agent.log()
 
 
-def test_a_subscriber_that_stays_connected_through_an_agent_restart_keeps_an_equal_view(
+def test_across_an_agent_restart_a_connected_subscriber_stays_equal_and_a_late_one_replays_the_volume(
     cache: Cache, engines: EngineFactory, tmp_path: Path
 ) -> None:
     pub, replay = free_port(), free_port()
-    environ = events_environ(cache, pub, replay)
+    environ = events_environ(cache, pub, replay, free_port())
     cache.agent_environ = lambda: environ  # type: ignore[method-assign]
     agent = AgentProcess(cache, tmp_path / "agent-1.log")
     with zmq.Context() as ctx:
@@ -257,6 +257,12 @@ def test_a_subscriber_that_stays_connected_through_an_agent_restart_keeps_an_equ
             assert view.seqs[before:] == list(range(len(view.seqs) - before))  # ... and none was missed
             assert view.blocks == block_files(cache.volume)
             assert len(view.blocks) <= 0.9 * MAX_BLOCKS
+            deadline = time.monotonic() + WAIT_S  # the restarted leader's first walk announces the volume
+            while "announced snapshot of" not in restarted.log():
+                assert time.monotonic() < deadline, restarted.log()
+                time.sleep(0.1)
+            late = replay_all(ctx, f"tcp://127.0.0.1:{replay}")
+            assert late.blocks == block_files(cache.volume)  # including what was stored before the restart
         finally:
             sub.close(linger=0)
             restarted.stop()
