@@ -203,6 +203,8 @@ class KvEventPublisher:
             try:
                 first = self._queue.get(timeout=POLL_INTERVAL_S)
             except queue.Empty:
+                if self._stopping:  # closing found the queue full: it is drained now
+                    return
                 continue
             changes, stop = self._drain(first)
             try:
