@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import zmq
 from vllm.distributed.kv_events import MEDIUM_STORAGE, BlockRemoved, BlockStored, KVEventBatch
+from vllm.v1.core import kv_cache_utils
 from vllm.v1.kv_offload.base import get_offload_block_hash
 
 from tests.unit.agent_process import free_port
@@ -39,6 +40,16 @@ TOPIC = "kv@pool:team/shared@tieredkv/tiny-llama"
 WAIT_S = 60.0
 
 Block = tuple[str | None, bytes | int, int | None]
+
+
+@pytest.fixture(autouse=True)
+def unseeded_afterwards() -> Iterator[None]:
+    """vLLM's NONE_HASH is process-wide and these tests seed it: leave the process unseeded if it was (the
+    tiering-manager tests check that a tier says hello only after vLLM seeds its hashes)."""
+    seeded = hasattr(kv_cache_utils, "NONE_HASH")
+    yield
+    if not seeded and hasattr(kv_cache_utils, "NONE_HASH"):
+        delattr(kv_cache_utils, "NONE_HASH")
 
 
 class View:
