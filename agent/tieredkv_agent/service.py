@@ -153,6 +153,7 @@ def kv_events(settings: AgentSettings, metrics: AgentMetrics, manager: CapacityM
     if events is not None:
         metrics.events.publisher = events.publisher
         manager.on_evicted = events.blocks.evicted
+        events.start(lambda: manager.is_leader, native=settings.mode == "native")
     return events
 
 

@@ -34,6 +34,7 @@ def subscribe(ctx: Ctx, pub: KvEventPublisher, topic: str = "") -> Sock:
     """A SUB socket whose subscription the publisher has seen (so nothing published later is lost)."""
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVTIMEO, 5000)
+    sub.setsockopt(zmq.RCVHWM, 0)
     before = pub.stats().subscriptions
     sub.connect(pub.endpoint)
     sub.setsockopt_string(zmq.SUBSCRIBE, topic)
@@ -81,7 +82,7 @@ def test_a_subscriber_gets_topic_sequence_and_a_batch_of_tagged_events() -> None
 def test_sequence_numbers_rise_by_one_per_message_and_removals_are_merged(
     ctx: Ctx,
 ) -> None:
-    pub = publisher()
+    pub = publisher(PublisherLimits(hwm=0))  # the test reads only after publishing: no high-water mark
     try:
         sub = subscribe(ctx, pub)
         seqs: list[int] = []

@@ -36,6 +36,9 @@ class Recorder:
         self.changes.append(change)
         return True
 
+    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
+        return self.publish(change)
+
 
 def key(n: int, group: int = 0) -> bytes:
     return make_offload_key(hashlib.sha256(str(n).encode()).digest(), group)
@@ -201,3 +204,47 @@ def test_the_agent_builds_its_publisher_from_the_settings_and_names_a_port_it_ca
             block_events(settings)
     finally:
         events.publisher.close()
+
+
+def test_the_watch_tool_shows_a_late_subscribers_view_equal_to_the_files_after_gc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tieredkv_agent.events.watch import main
+
+    publisher = KvEventPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    events = BlockEvents(publisher, IDENTITY)
+    tier = FileTier(root_dir=tmp_path, on_block_file=events.block_file)
+    gc = CapacityManager(
+        tmp_path, max_bytes=50 * BLOCK, high_watermark=0.8, low_watermark=0.5, watch_filesystem=False
+    )
+    gc.on_evicted = events.evicted
+    try:
+        namespace = tier.namespace(CONFIG)
+        store(tier, namespace, [key(n) for n in range(80)])
+        old = time.time() - 3600
+        for path in tmp_path.rglob("*.bin"):
+            os.utime(path, (old, old))
+        assert gc.run_pass().eviction.files > 0
+        while publisher.stats().queued_events:
+            time.sleep(0.01)
+        assert publisher.replay_endpoint is not None
+        main(
+            [
+                "--connect",
+                publisher.endpoint,
+                "--replay",
+                publisher.replay_endpoint,
+                "--volume",
+                str(tmp_path),
+                "--seconds",
+                "0.3",
+            ]
+        )
+    finally:
+        tier.shutdown(2.0)
+        publisher.close()
+    report = json.loads(capsys.readouterr().out)
+    assert report["equal"] is True
+    assert report["view_blocks"] == report["disk_blocks"] == len(block_files(tmp_path)) > 0

@@ -38,8 +38,17 @@ def put(ns_blocks: Path, n: int) -> None:
 
 
 class Sink:
+    """A change sink that keeps every change."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
     def publish(self, change: Change) -> bool:
+        self.changes.append(change)
         return True
+
+    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
+        return self.publish(change)
 
 
 def test_every_block_on_the_volume_is_in_its_namespace_filter_and_few_others_are(tmp_path: Path) -> None:
@@ -118,3 +127,82 @@ def test_a_router_reads_the_index_and_a_filter_over_http_and_tests_membership_it
             urllib.request.urlopen(f"{base}/kv/summary/nope", timeout=5)
     finally:
         service.stop()
+
+
+def walker(tmp_path: Path, *, native: bool) -> tuple[MembershipSummary, Sink, list[bool], str]:
+    """A summary whose walks feed a WalkAnnouncer into a recording sink; `leader[0]` is the leadership."""
+    from tieredkv_agent.events.announce import WalkAnnouncer
+
+    namespace = namespace_for(tmp_path, CONFIG)
+    ensure_namespace(namespace)
+    sink, leader = Sink(), [True]
+    events = BlockEvents(sink, "pool:ns/c")
+    events.root = tmp_path
+    summary = MembershipSummary(tmp_path)
+    summary.on_walk = WalkAnnouncer(events, lambda: leader[0], announce_new=native)
+    return summary, sink, leader, namespace.config_dir.name
+
+
+def announced(sink: Sink) -> list[bytes]:
+    assert all(not c.removed and c.topic == "kv@pool:ns/c@org/model" for c in sink.changes)
+    return sorted(c.block_hash for c in sink.changes)
+
+
+def test_a_leader_announces_the_whole_volume_on_its_first_walk_and_native_files_on_later_ones(
+    tmp_path: Path,
+) -> None:
+    summary, sink, _, name = walker(tmp_path, native=True)
+    blocks_dir = namespace_for(tmp_path, CONFIG).blocks_dir
+    zero_tail = block_hash(7)[:-1] + b"\0"  # numpy's fixed-size bytes drop trailing NULs: not here
+    target = Path(block_path(blocks_dir, make_offload_key(zero_tail, 2)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"x")
+    for n in range(10):
+        put(blocks_dir, n)
+    summary.rebuild()
+    assert announced(sink) == sorted([block_hash(n) for n in range(10)] + [zero_tail])
+    assert {c.group_idx for c in sink.changes if c.block_hash == zero_tail} == {2}
+    assert {c.ownership for c in sink.changes} == {name}
+    sink.changes.clear()
+    for n in range(10, 13):  # vLLM's fs tier wrote these: no agent store announced them
+        put(blocks_dir, n)
+    summary.rebuild()
+    assert announced(sink) == sorted(block_hash(n) for n in range(10, 13))
+
+
+def test_agent_mode_announces_only_the_snapshot_and_a_follower_nothing_until_it_leads(tmp_path: Path) -> None:
+    summary, sink, leader, _ = walker(tmp_path, native=False)
+    blocks_dir = namespace_for(tmp_path, CONFIG).blocks_dir
+    put(blocks_dir, 1)
+    leader[0] = False
+    summary.rebuild()
+    assert sink.changes == []
+    leader[0] = True
+    summary.rebuild()
+    assert announced(sink) == [block_hash(1)]
+    put(blocks_dir, 2)
+    summary.rebuild()  # agent mode: the agent's store announced block 2 itself
+    assert announced(sink) == [block_hash(1)]
+    leader[0] = False
+    summary.rebuild()
+    leader[0] = True
+    summary.rebuild()  # leadership regained: a fresh snapshot
+    assert announced(sink) == sorted([block_hash(1), block_hash(1), block_hash(2)])
+
+
+def test_a_walked_file_gc_deleted_before_its_announcement_is_announced_stored_then_removed(
+    tmp_path: Path,
+) -> None:
+    namespace = namespace_for(tmp_path, CONFIG)
+    ensure_namespace(namespace)
+    sink = Sink()
+    events = BlockEvents(sink, "pool:ns/c")
+    events.root = tmp_path
+    put(namespace.blocks_dir, 1)
+    events.announce(namespace.config_dir.name, block_hash(1), 0)
+    events.announce(namespace.config_dir.name, block_hash(2), 0)  # walked, then deleted by GC
+    assert [(c.block_hash, c.removed) for c in sink.changes] == [
+        (block_hash(1), False),
+        (block_hash(2), False),
+        (block_hash(2), True),
+    ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
 
 from tieredkv_agent.config import AgentSettings
+from tieredkv_agent.events.announce import WalkAnnouncer
 from tieredkv_agent.events.publisher import KvEventPublisher, PublisherLimits
 from tieredkv_agent.events.sources import BlockEvents
 from tieredkv_agent.events.summary import MembershipSummary
@@ -28,6 +30,13 @@ class AgentEvents:
     publisher: KvEventPublisher
     blocks: BlockEvents
     summary: SummaryService | None = None
+
+    def start(self, is_leader: Callable[[], bool], *, native: bool) -> None:
+        """Start the summary's walks, announcing what they find while `is_leader` (start-up thread)."""
+        if self.summary is not None:
+            announcer = WalkAnnouncer(self.blocks, is_leader, announce_new=native)
+            self.summary.summary.on_walk = announcer
+            self.summary.start()
 
     def close(self) -> None:
         """Stop the summary, publish what is queued, close the sockets (main thread)."""
@@ -79,7 +88,7 @@ def block_events(settings: AgentSettings) -> AgentEvents | None:
 
 
 def summary_service(settings: AgentSettings, blocks: BlockEvents) -> SummaryService | None:
-    """The HTTP membership summary when `events_summary_port` is set, started (start-up thread)."""
+    """The HTTP membership summary when `events_summary_port` is set, bound; `AgentEvents.start` starts it."""
     if not settings.events_summary_port:
         return None
     summary = MembershipSummary(settings.store_dir)
@@ -88,6 +97,6 @@ def summary_service(settings: AgentSettings, blocks: BlockEvents) -> SummaryServ
         summary, host, settings.events_summary_port, settings.events_summary_interval_seconds
     )
     blocks.summary = summary
-    service.start()
+    blocks.root = settings.store_dir
     log.info("membership summary on http://%s:%d/kv/summary", host, service.port)
     return service

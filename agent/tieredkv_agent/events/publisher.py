@@ -136,6 +136,18 @@ class KvEventPublisher:
             self._dropped += 1
         return False
 
+    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
+        """Queue one change, waiting up to `timeout_s` for room (a walk's thread, never an I/O thread)."""
+        if not self._stopping:
+            try:
+                self._queue.put(change, timeout=timeout_s)
+                return True
+            except queue.Full:
+                pass
+        with self._drop_lock:
+            self._dropped += 1
+        return False
+
     # -- control (start-up thread) ----------------------------------------------------------------
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -191,6 +203,8 @@ class KvEventPublisher:
             try:
                 first = self._queue.get(timeout=POLL_INTERVAL_S)
             except queue.Empty:
+                if self._stopping:  # closing found the queue full: it is drained now
+                    return
                 continue
             changes, stop = self._drain(first)
             try:

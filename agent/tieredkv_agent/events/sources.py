@@ -29,7 +29,14 @@ from typing import Protocol
 from tieredkv_agent.events.publisher import Change
 from tieredkv_agent.events.summary import MembershipSummary
 from tieredkv_agent.events.wire import topic_for
-from tieredkv_agent.store.naming import Namespace, parse_namespace_dir, split_offload_key
+from tieredkv_agent.store.naming import (
+    Namespace,
+    block_relpath,
+    blocks_dir_name,
+    make_offload_key,
+    parse_namespace_dir,
+    split_offload_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,8 @@ class ChangeSink(Protocol):
 
     def publish(self, change: Change) -> bool: ...
 
+    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool: ...
+
 
 class BlockEvents:
     """Turns block-file changes of one cache into queued events on `publisher` under `identity`."""
@@ -48,6 +57,8 @@ class BlockEvents:
     def __init__(self, publisher: ChangeSink, identity: str) -> None:
         self.publisher = publisher
         self.identity = identity
+        self.root: Path | None = None
+        """The store directory, for namespaces named by a walk (set by `assemble`)."""
         self.summary: MembershipSummary | None = None
         """Hears this agent's new blocks between its walks (set by `assemble` when it serves one)."""
         self._models: dict[str, str] = {}
@@ -79,6 +90,26 @@ class BlockEvents:
         self.publisher.publish(
             Change(topic_for(self.identity, model), True, block_hash, group, config_dir.name)
         )
+
+    def announce(self, namespace: str, block_hash: bytes, group: int) -> None:
+        """A block file found by a walk of the volume (the tkv-summary thread; waits for queue room).
+
+        GC may delete the file between the walk and this BlockStored, and its BlockRemoved may then have
+        gone out first; so the file is checked *after* the BlockStored is queued, and if it is gone a
+        BlockRemoved follows. A deletion after the check is announced by GC after it, in order.
+        """
+        config_dir = self._root_of(namespace)
+        topic = topic_for(self.identity, self._model(config_dir))
+        self.publisher.publish_waiting(Change(topic, False, block_hash, group, namespace))
+        path = config_dir.with_name(blocks_dir_name(namespace)) / block_relpath(
+            make_offload_key(block_hash, group)
+        )
+        if not path.exists():
+            self.publisher.publish_waiting(Change(topic, True, block_hash, group, namespace))
+
+    def _root_of(self, namespace: str) -> Path:
+        """The config directory of a namespace name (only its name and config.json are used)."""
+        return (self.root or Path()) / namespace
 
     def cleared(self, model: str) -> None:
         """Everything of `model` announced before is gone (any thread)."""

@@ -27,6 +27,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,16 +71,23 @@ class NamespaceFilter:
     bloom: Bloom
 
 
-def walk_block_hashes(root: Path) -> dict[str, list[bytes]]:
-    """Block hashes by namespace directory name, from the file names under `root` (no stat)."""
-    out: dict[str, list[bytes]] = {}
+Walked = dict[tuple[str, int], list[bytes]]
+"""Block hashes by (namespace directory name, KV-cache group)."""
+
+
+def walk_block_hashes(root: Path) -> Walked:
+    """Block hashes by namespace directory and group, from the file names under `root` (no stat)."""
+    out: Walked = {}
     for blocks_dir in _dirs(root):
         parsed = parse_namespace_dir(blocks_dir.name)
-        if parsed is None or parsed[1] is None:
+        if parsed is None or parsed[1] != 0:  # vLLM's scheduler-side tiers write only rank 0
             continue
-        hashes = out.setdefault(parsed[0], [])
         for prefix in _dirs(blocks_dir):
             for leaf in _dirs(prefix):
+                group = leaf.name.partition("_g")[2]
+                if not group.isdigit():
+                    continue
+                hashes = out.setdefault((parsed[0], int(group)), [])
                 with os.scandir(leaf) as entries:
                     for entry in entries:
                         name = entry.name
@@ -108,6 +116,8 @@ class MembershipSummary:
 
     def __init__(self, root: Path, models: dict[str, str] | None = None) -> None:
         self.root = root
+        self.on_walk: Callable[[Walked], None] | None = None
+        """Hears every walk's result (the tkv-summary thread): the `announce.WalkAnnouncer`."""
         self.version = 0
         self.generated_at = 0.0
         self.walk_seconds = 0.0
@@ -119,17 +129,24 @@ class MembershipSummary:
         """Walk the volume and replace every filter (the tkv-summary thread)."""
         started = time.monotonic()
         walked = walk_block_hashes(self.root)
+        by_namespace: dict[str, list[list[bytes]]] = {}
+        for (name, _), hashes in walked.items():
+            by_namespace.setdefault(name, []).append(hashes)
         filters: dict[str, NamespaceFilter] = {}
-        for name, hashes in walked.items():
-            bloom = Bloom(bloom_bits(len(hashes)))
-            for block_hash in hashes:
-                bloom.add(block_hash)
-            filters[name] = NamespaceFilter(self._model(name), len(hashes), bloom)
+        for name, groups in by_namespace.items():
+            count = sum(map(len, groups))
+            bloom = Bloom(bloom_bits(count))
+            for hashes in groups:
+                for block_hash in hashes:
+                    bloom.add(block_hash)
+            filters[name] = NamespaceFilter(self._model(name), count, bloom)
         with self._lock:
             self._filters = filters
             self.version += 1
             self.generated_at = time.time()
             self.walk_seconds = time.monotonic() - started
+        if self.on_walk is not None:
+            self.on_walk(walked)
 
     def add(self, namespace: str, block_hash: bytes) -> None:
         """A block this agent stored since the walk (file-tier I/O threads); unknown namespaces wait."""

@@ -10,6 +10,7 @@ from sequence 0 must rebuild the same set.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,12 +21,14 @@ import msgspec
 import pytest
 import zmq
 from vllm.distributed.kv_events import MEDIUM_STORAGE, BlockRemoved, BlockStored, KVEventBatch
+from vllm.v1.core import kv_cache_utils
 from vllm.v1.kv_offload.base import get_offload_block_hash
 
 from tests.unit.agent_process import free_port
 from tests.unit.contract_harness import AgentProcess, Cache
 from tests.vllm.lines.conftest import EngineFactory
 from tests.vllm.lines.manager_engine import TOKENS_PER_BLOCK, ManagerEngine
+from tieredkv_agent.events import parse_block_path
 from tieredkv_agent.events.summary import positions
 
 pytestmark = pytest.mark.vllm
@@ -39,6 +42,16 @@ TOPIC = "kv@pool:team/shared@tieredkv/tiny-llama"
 WAIT_S = 60.0
 
 Block = tuple[str | None, bytes | int, int | None]
+
+
+@pytest.fixture(autouse=True)
+def unseeded_afterwards() -> Iterator[None]:
+    """vLLM's NONE_HASH is process-wide and these tests seed it: leave the process unseeded if it was (the
+    tiering-manager tests check that a tier says hello only after vLLM seeds its hashes)."""
+    seeded = hasattr(kv_cache_utils, "NONE_HASH")
+    yield
+    if not seeded and hasattr(kv_cache_utils, "NONE_HASH"):
+        delattr(kv_cache_utils, "NONE_HASH")
 
 
 class View:
@@ -56,7 +69,7 @@ class View:
         """A live message; on a gap, first what the replay socket kept before it (the documented rule: a
         lower sequence than expected means a restarted publisher, so replay it from 0)."""
         n = int.from_bytes(seq, "big")
-        expected = self.seqs[-1] + 1 if self.seqs else n
+        expected = self.seqs[-1] + 1 if self.seqs else 0  # a first message after 0: subscribed late
         if n != expected and self.replay is not None:
             start = 0 if n < expected else expected
             self.replays.append((start, n))
@@ -81,11 +94,14 @@ class View:
 
 
 def block_files(volume: Path) -> set[Block]:
-    """(namespace directory, hash, group) of every block file on the volume."""
+    """(namespace directory, hash, group) of every block file on the volume (GC may remove directories
+    while this walks: os.walk skips what vanished)."""
     out: set[Block] = set()
-    for path in volume.glob("*_r0/*/*_g*/*.bin"):
-        namespace = path.parents[2].name.removesuffix("_r0")
-        out.add((namespace, bytes.fromhex(path.stem), int(path.parent.name.partition("_g")[2])))
+    for directory, _, names in os.walk(volume):
+        for name in names:
+            parsed = parse_block_path(os.path.join(directory, name))  # noqa: PTH118 - a str path is needed
+            if parsed is not None:
+                out.add((parsed[0].name, parsed[1], parsed[2]))
     return out
 
 
@@ -123,9 +139,13 @@ def events_agent(
 
 
 def receive_until_equal(sub: zmq.Socket[bytes], view: View, volume: Path) -> None:
-    """Take messages until the view equals the files and nothing more arrives for a second."""
+    """Take messages until GC brought the volume under its high watermark, the view equals the files and
+    nothing more arrives for a second."""
     deadline = time.monotonic() + WAIT_S
     quiet_since = time.monotonic()
+    while time.monotonic() < deadline and len(block_files(volume)) > 0.9 * MAX_BLOCKS:
+        if sub.poll(100):
+            view.take(*sub.recv_multipart())
     while time.monotonic() < deadline:
         if sub.poll(100):
             view.take(*sub.recv_multipart())
@@ -209,7 +229,7 @@ def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late
         engine = engines("a")
         engine.seed_hashes()
         engine.wait_connected()
-        view = View()
+        view = View(lambda start: replayed(ctx, replay_endpoint, start))
         keys = store_prompts(engine, 0, PROMPTS, sub, view)
         receive_until_equal(sub, view, cache.volume)
         on_disk = block_files(cache.volume)
@@ -225,11 +245,11 @@ def test_the_events_rebuild_the_volume_after_a_store_heavy_run_and_gc_and_a_late
     assert "KV events for pool:team/shared" in agent.log()
 
 
-def test_a_subscriber_that_stays_connected_through_an_agent_restart_keeps_an_equal_view(
+def test_across_an_agent_restart_a_connected_subscriber_stays_equal_and_a_late_one_replays_the_volume(
     cache: Cache, engines: EngineFactory, tmp_path: Path
 ) -> None:
     pub, replay = free_port(), free_port()
-    environ = events_environ(cache, pub, replay)
+    environ = events_environ(cache, pub, replay, free_port())
     cache.agent_environ = lambda: environ  # type: ignore[method-assign]
     agent = AgentProcess(cache, tmp_path / "agent-1.log")
     with zmq.Context() as ctx:
@@ -257,6 +277,12 @@ def test_a_subscriber_that_stays_connected_through_an_agent_restart_keeps_an_equ
             assert view.seqs[before:] == list(range(len(view.seqs) - before))  # ... and none was missed
             assert view.blocks == block_files(cache.volume)
             assert len(view.blocks) <= 0.9 * MAX_BLOCKS
+            deadline = time.monotonic() + WAIT_S  # the restarted leader's first walk announces the volume
+            while "announced snapshot of" not in restarted.log():
+                assert time.monotonic() < deadline, restarted.log()
+                time.sleep(0.1)
+            late = replay_all(ctx, f"tcp://127.0.0.1:{replay}")
+            assert late.blocks == block_files(cache.volume)  # including what was stored before the restart
         finally:
             sub.close(linger=0)
             restarted.stop()
