@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tieredkv_agent.events import BlockEvents, Change
+from tests.unit.test_events_sources import Recorder
+from tieredkv_agent.events import BlockEvents
 from tieredkv_agent.events.summary import K, MembershipSummary, bloom_bits, positions
 from tieredkv_agent.events.summary_server import SummaryService
 from tieredkv_agent.store.naming import (
@@ -35,20 +36,6 @@ def put(ns_blocks: Path, n: int) -> None:
     target = Path(block_path(ns_blocks, make_offload_key(block_hash(n), 0)))
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"x")
-
-
-class Sink:
-    """A change sink that keeps every change."""
-
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-
-    def publish(self, change: Change) -> bool:
-        self.changes.append(change)
-        return True
-
-    def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
-        return self.publish(change)
 
 
 def test_every_block_on_the_volume_is_in_its_namespace_filter_and_few_others_are(tmp_path: Path) -> None:
@@ -87,7 +74,7 @@ def test_a_stored_block_joins_the_filter_before_the_next_walk_and_a_deleted_one_
     put(namespace.blocks_dir, 1)
     summary = MembershipSummary(tmp_path)
     summary.rebuild()
-    events = BlockEvents(Sink(), "pool:ns/c")
+    events = BlockEvents(Recorder(), "pool:ns/c")
     events.summary = summary
     events.block_file(namespace, make_offload_key(block_hash(2), 0), True)
     name = namespace.config_dir.name
@@ -129,13 +116,13 @@ def test_a_router_reads_the_index_and_a_filter_over_http_and_tests_membership_it
         service.stop()
 
 
-def walker(tmp_path: Path, *, native: bool) -> tuple[MembershipSummary, Sink, list[bool], str]:
+def walker(tmp_path: Path, *, native: bool) -> tuple[MembershipSummary, Recorder, list[bool], str]:
     """A summary whose walks feed a WalkAnnouncer into a recording sink; `leader[0]` is the leadership."""
     from tieredkv_agent.events.announce import WalkAnnouncer
 
     namespace = namespace_for(tmp_path, CONFIG)
     ensure_namespace(namespace)
-    sink, leader = Sink(), [True]
+    sink, leader = Recorder(), [True]
     events = BlockEvents(sink, "pool:ns/c")
     events.root = tmp_path
     summary = MembershipSummary(tmp_path)
@@ -143,7 +130,7 @@ def walker(tmp_path: Path, *, native: bool) -> tuple[MembershipSummary, Sink, li
     return summary, sink, leader, namespace.config_dir.name
 
 
-def announced(sink: Sink) -> list[bytes]:
+def announced(sink: Recorder) -> list[bytes]:
     assert all(not c.removed and c.topic == "kv@pool:ns/c@org/model" for c in sink.changes)
     return sorted(c.block_hash for c in sink.changes)
 
@@ -195,7 +182,7 @@ def test_a_walked_file_gc_deleted_before_its_announcement_is_announced_stored_th
 ) -> None:
     namespace = namespace_for(tmp_path, CONFIG)
     ensure_namespace(namespace)
-    sink = Sink()
+    sink = Recorder()
     events = BlockEvents(sink, "pool:ns/c")
     events.root = tmp_path
     put(namespace.blocks_dir, 1)
