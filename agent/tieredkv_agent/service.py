@@ -100,30 +100,28 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
     files = file_tier(settings, metrics, writer_tag=tag, on_no_space=manager.volume_full, events=events)
     tier = data_tier(settings, files, metrics)
     reporter = mismatch_reporter(settings) if settings.mode == "agent" else None
-    try:
-        server = socket_server(settings, tier, metrics, reporter) if settings.mode == "agent" else None
-    except BaseException:
+    server: AgentServer | None = None
+
+    def close(*, started: bool) -> None:
+        """Stop what start-up made, newest first (main thread: on a start-up failure or at the end)."""
+        if server is not None:
+            server.close()
         if reporter is not None:
             reporter.stop()
+        if started:
+            manager.stop(release=True)
         tier.shutdown()
+        close_events(events)
         writer.close()
+
+    try:
+        server = socket_server(settings, tier, metrics, reporter) if settings.mode == "agent" else None
+        metrics.api.server = server
+        if settings.metrics_port:
+            _serve_metrics(metrics, settings)
+    except BaseException:
+        close(started=False)
         raise
-    metrics.api.server = server
-    if settings.metrics_port:
-        address = settings.pod_ip or "0.0.0.0"
-        try:
-            metrics.serve(address, settings.metrics_port)
-        except OSError as exc:
-            if server is not None:
-                server.close()
-            if reporter is not None:
-                reporter.stop()
-            tier.shutdown()
-            writer.close()
-            raise StartupError(
-                f"cannot serve metrics on {address}:{settings.metrics_port}: {exc.strerror or exc} "
-                "(another agent on this host? set TIEREDKV_METRICS_PORT, or 0 to disable metrics)"
-            ) from exc
     if tag:
         threading.Thread(target=_sweep_dead_writers, args=(settings, tag, manager), name="tkv-sweep").start()
     manager.start()
@@ -131,14 +129,19 @@ def serve(settings: AgentSettings, stop: threading.Event) -> None:
         stop.wait()
     finally:
         log.info("tieredkv-agent stopping")
-        if server is not None:
-            server.close()
-        if reporter is not None:
-            reporter.stop()
-        manager.stop(release=True)
-        tier.shutdown()
-        close_events(events)
-        writer.close()
+        close(started=True)
+
+
+def _serve_metrics(metrics: AgentMetrics, settings: AgentSettings) -> None:
+    """The /metrics endpoint; a taken port is a StartupError naming it (main thread, at start-up)."""
+    address = settings.pod_ip or "0.0.0.0"
+    try:
+        metrics.serve(address, settings.metrics_port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve metrics on {address}:{settings.metrics_port}: {exc.strerror or exc} "
+            "(another agent on this host? set TIEREDKV_METRICS_PORT, or 0 to disable metrics)"
+        ) from exc
 
 
 def kv_events(settings: AgentSettings, metrics: AgentMetrics, manager: CapacityManager) -> AgentEvents | None:
