@@ -32,8 +32,7 @@ class TestCluster:
     layout: StateLayout | None  # None for an opted-in existing cluster (no local state, no local pods)
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
-        kubectl = paths.tools_dir() / "kubectl"
-        cmd = [str(kubectl if kubectl.exists() else "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        cmd = [str(paths.tool_binary("kubectl") or "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
         out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
         if check and out.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
