@@ -324,12 +324,16 @@ class TieredKVCacheSpec(CamelModel):
     def effective_max_bytes(self, volume_bytes: int | None = None) -> int | None:
         """capacity.maxBytes, else 90% of the volume: its observed capacity `volume_bytes`, else storage.size.
 
-        Returns None when neither is known (an adopted claim whose capacity was not observed yet).
+        Returns None when neither is known (an adopted claim whose capacity was not observed yet), and
+        never less than 1, the smallest bound the agent accepts.
         """
         if self.capacity.max_bytes is not None:
             return self.capacity.max_bytes
         basis = self.storage.size_bytes() if volume_bytes is None else volume_bytes
-        return None if basis is None else basis * DEFAULT_MAX_BYTES_PERCENT // 100
+        if basis is None:
+            return None
+        # At least one byte: the agent refuses a bound of 0, and 90% of a tiny volume rounds down to it.
+        return max(1, basis * DEFAULT_MAX_BYTES_PERCENT // 100)
 
 
 class TieredKVCache(CamelModel):

@@ -213,6 +213,13 @@ def test_max_bytes_defaults_to_ninety_percent_of_the_volume() -> None:
     assert explicit.effective_max_bytes(volume_bytes=1000) == 10 * 1024**3
 
 
+def test_max_bytes_of_a_tiny_volume_is_one_byte_not_zero_which_the_agent_refuses() -> None:
+    spec = TieredKVCacheSpec.model_validate(spec_with(storage={"size": "1"}))
+    assert spec.effective_max_bytes() == 1
+    adopted = TieredKVCacheSpec.model_validate(spec_with(storage={"size": None, "existingClaim": "kv"}))
+    assert adopted.effective_max_bytes(volume_bytes=0) == 1
+
+
 def documented_caches(path: Path) -> list[dict[str, Any]]:
     """The TieredKVCache documents of an example file (the quickstart also holds other kinds)."""
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "TieredKVCache"]
