@@ -138,6 +138,14 @@ class AgentSettings(BaseSettings):
     """Seconds between the walks of the volume's file names that rebuild the membership summary."""
     events_max_queue: int = Field(default=100_000, ge=16, le=10_000_000)
     """Changes waiting for the publisher thread; beyond, a change is dropped and counted, never waited for."""
+    events_kinds: list[Literal["BlockStored", "BlockRemoved", "AllBlocksCleared"]] = Field(
+        default=["BlockStored", "BlockRemoved", "AllBlocksCleared"], min_length=1
+    )
+    """Event kinds published (a JSON list in the environment); the others are counted as filtered."""
+    events_models: list[str] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
+    """Models (as vLLM serves them) whose events are published; empty: every model."""
+    events_groups: list[int] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
+    """KV-cache group indexes whose block events are published; empty: every group."""
 
     @model_validator(mode="after")
     def _watermarks(self) -> Self:

@@ -160,6 +160,8 @@ class CapacityManager:
         self.record_limit = record_limit
         self.on_evicted = on_evicted
         """Hears each block file a pass deleted (eviction threads): the KV events' BlockRemoved."""
+        self.on_leader_gained: Callable[[], None] | None = None
+        """Hears this agent becoming GC leader (the elector's thread): the KV events' snapshot walk."""
         self._elector = elector
         self._clock = clock
         self._fs_usage = fs_usage
@@ -233,6 +235,8 @@ class CapacityManager:
     def _on_leader_change(self, leader: bool) -> None:
         """Elector thread: a new leader scans at once instead of after a full interval."""
         self._wake.set()
+        if leader and self.on_leader_gained is not None:
+            self.on_leader_gained()
 
     def _loop(self) -> None:
         """The GC thread."""

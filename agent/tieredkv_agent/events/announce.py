@@ -9,6 +9,12 @@ While this agent is the GC leader, after each walk of the membership summary (`s
   `fs` tier wrote them; no agent store saw them). In agent mode the agents' stores announce their files
   at once, so later walks announce nothing.
 
+* a model whose blocks are all gone from the volume gets an AllBlocksCleared on its topic: a model that
+  had block files at the previous walk, or whose namespace directory (its config.json) is on the volume,
+  and of which this walk found none (the volume was wiped or replaced, a namespace's blocks were removed
+  by hand). It is said once, until the model has blocks again. Files of that model that appear between
+  the walk and the AllBlocksCleared are announced again right after it (the same check as below).
+
 Duplicates are harmless (a BlockStored of a block already announced changes no subscriber's set). The
 previous walk is kept as one sorted numpy array of fixed-size hashes per (namespace, group): 32 bytes per
 block for sha256 (32 MB per million blocks).
@@ -20,12 +26,15 @@ Threads: called on the `tkv-summary` thread; `publish_waiting` lets it wait for 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from tieredkv_agent.events.sources import BlockEvents
-from tieredkv_agent.events.summary import Walked
+from tieredkv_agent.events.summary import Walked, walk_namespace
+from tieredkv_agent.store.naming import parse_namespace_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,10 @@ class WalkAnnouncer:
         self.is_leader = is_leader
         self.announce_new = announce_new
         self._previous: dict[tuple[str, int], np.ndarray] | None = None
+        self._cleared: set[str] = set()
+        """Models announced as cleared that have had no block since."""
         self.announced = 0
+        self.clears = 0
 
     def __call__(self, walked: Walked) -> None:
         if not self.is_leader():
@@ -46,6 +58,7 @@ class WalkAnnouncer:
             return
         current = {key: _sorted(hashes) for key, hashes in walked.items() if hashes}
         previous, self._previous = self._previous, current
+        self._clear_emptied(current, previous)
         if previous is not None and not self.announce_new:
             return
         count = 0
@@ -62,6 +75,52 @@ class WalkAnnouncer:
         if count:
             kind = "snapshot of" if previous is None else "new"
             log.info("announced %s %d block files found by a walk of the volume", kind, count)
+
+    def _clear_emptied(
+        self, current: dict[tuple[str, int], np.ndarray], previous: dict[tuple[str, int], np.ndarray] | None
+    ) -> None:
+        """AllBlocksCleared for each model that had blocks (or a namespace directory) and has none now."""
+        namespaces = {namespace for namespace, _ in previous or {}} | set(self._config_dirs())
+        by_model: dict[str, set[str]] = {}
+        for namespace in namespaces:
+            by_model.setdefault(self.blocks.model_of(namespace), set()).add(namespace)
+        holding = {self.blocks.model_of(namespace) for namespace, _ in current}
+        self._cleared -= holding
+        for model in sorted(by_model.keys() - holding - self._cleared):
+            self.blocks.cleared(model)
+            self._cleared.add(model)
+            self.clears += 1
+            late = 0
+            for namespace in sorted(by_model[model]):
+                for (_, group), hashes in walk_namespace(self._root(), namespace).items():
+                    for block_hash in hashes:
+                        self.blocks.announce(namespace, block_hash, group)
+                    late += len(hashes)
+            if late:
+                self._cleared.discard(model)
+            log.info(
+                "no block of model %r on the volume: announced AllBlocksCleared (%d files appeared since)",
+                model,
+                late,
+            )
+
+    def _root(self) -> Path:
+        return self.blocks.root or Path()
+
+    def _config_dirs(self) -> list[str]:
+        """Namespace directories (with a config.json) on the volume."""
+        try:
+            with os.scandir(self._root()) as entries:
+                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+        return [
+            name
+            for name in names
+            if (parsed := parse_namespace_dir(name)) is not None
+            and parsed[1] is None
+            and (self._root() / name / "config.json").is_file()
+        ]
 
 
 def _sorted(hashes: list[bytes]) -> np.ndarray:

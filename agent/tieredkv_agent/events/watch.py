@@ -22,31 +22,44 @@ from pathlib import Path
 import zmq
 
 from tieredkv_agent.events.sources import parse_block_path
-from tieredkv_agent.events.wire import END_SEQ, BlockRemoved, BlockStored, decode_batch
+from tieredkv_agent.events.wire import END_SEQ, AllBlocksCleared, BlockStored, decode_batch
 
 Block = tuple[str | None, bytes | int, int | None]
 
 
 class Watcher:
-    """The set of blocks the events announce, from any number of agents."""
+    """The set of blocks the events announce, from any number of agents, kept per topic (an
+    AllBlocksCleared empties its topic: every block of that model in the cache)."""
 
     def __init__(self) -> None:
-        self.blocks: set[Block] = set()
+        self.by_topic: dict[bytes, set[Block]] = {}
         self.messages = 0
+        self.clears = 0
 
-    def apply(self, payload: bytes) -> None:
+    @property
+    def blocks(self) -> set[Block]:
+        return set().union(*self.by_topic.values())
+
+    def apply(self, topic: bytes, payload: bytes) -> None:
         self.messages += 1
+        blocks = self.by_topic.setdefault(topic, set())
         for event in decode_batch(payload).events:
-            if isinstance(event, BlockStored | BlockRemoved):
-                keys = {(event.ownership, h, event.group_idx) for h in event.block_hashes}
-                if isinstance(event, BlockStored):
-                    self.blocks |= keys
-                else:
-                    self.blocks -= keys
+            if isinstance(event, AllBlocksCleared):
+                blocks.clear()
+                self.clears += 1
+                continue
+            keys = {(event.ownership, h, event.group_idx) for h in event.block_hashes}
+            if isinstance(event, BlockStored):
+                blocks |= keys
+            else:
+                blocks -= keys
 
 
-def replay(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, start: int, watcher: Watcher) -> int:
-    """Apply every kept message of `endpoint` from `start`; the next sequence expected."""
+def replay(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, start: int, watcher: Watcher, end: int | None = None
+) -> int:
+    """Apply every kept message of `endpoint` from `start` (up to, not including, `end`); the next
+    sequence expected."""
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.RCVTIMEO, 10_000)
     dealer.connect(endpoint)
@@ -54,11 +67,13 @@ def replay(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, start: int, watch
     following = start
     try:
         while True:
-            _, _, seq, payload = dealer.recv_multipart()
+            _, topic, seq, payload = dealer.recv_multipart()
             if seq == END_SEQ:
                 return following
-            watcher.apply(payload)
-            following = int.from_bytes(seq, "big") + 1
+            n = int.from_bytes(seq, "big")
+            if end is None or n < end:
+                watcher.apply(topic, payload)
+                following = n + 1
     finally:
         dealer.close(linger=0)
 
@@ -74,29 +89,39 @@ def volume_blocks(volume: Path) -> set[Block]:
 
 
 def watch(connect: list[str], replays: list[str], seconds: float) -> Watcher:
-    """Subscribe, replay, listen for `seconds` (the caller's thread)."""
+    """Subscribe to each agent, replay each from 0, listen for `seconds` (the caller's thread).
+
+    `replays[i]` is the replay endpoint of the agent at `connect[i]` (or none at all): each agent gets
+    its own SUB socket, so a gap or a restart (a lower sequence) is repaired from that agent's ring.
+    """
+    if replays and len(replays) != len(connect):
+        raise ValueError("give one --replay per --connect, in the same order, or none")
     watcher = Watcher()
     with zmq.Context() as ctx:
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt_string(zmq.SUBSCRIBE, "")
+        subs = []
         for endpoint in connect:
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt_string(zmq.SUBSCRIBE, "")
             sub.connect(endpoint)
+            subs.append(sub)
         time.sleep(0.3)  # the subscriptions reach the agents before the replays end
-        expected = {endpoint: replay(ctx, endpoint, 0, watcher) for endpoint in replays}
+        expected = [replay(ctx, endpoint, 0, watcher) for endpoint in replays]
+        poller = zmq.Poller()
+        for sub in subs:
+            poller.register(sub, zmq.POLLIN)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if not sub.poll(100):
-                continue
-            _, seq, payload = sub.recv_multipart()
-            n = int.from_bytes(seq, "big")
-            if len(replays) == 1 and n != expected[replays[0]]:
-                # one agent: a gap or a restart (lower sequence) is repaired from its ring
-                start = 0 if n < expected[replays[0]] else expected[replays[0]]
-                replay(ctx, replays[0], start, watcher)
-            watcher.apply(payload)
-            if len(replays) == 1:
-                expected[replays[0]] = n + 1
-        sub.close(linger=0)
+            for sub, _ in poller.poll(100):
+                topic, seq, payload = sub.recv_multipart()
+                n, i = int.from_bytes(seq, "big"), subs.index(sub)
+                if replays and n != expected[i]:
+                    start = 0 if n < expected[i] else expected[i]  # a restart, or a gap
+                    replay(ctx, replays[i], start, watcher, end=n)
+                watcher.apply(topic, payload)
+                if replays:
+                    expected[i] = n + 1
+        for sub in subs:
+            sub.close(linger=0)
     return watcher
 
 
@@ -108,7 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     watcher = watch(args.connect, args.replay, args.seconds)
-    report: dict[str, object] = {"view_blocks": len(watcher.blocks), "messages": watcher.messages}
+    report: dict[str, object] = {
+        "view_blocks": len(watcher.blocks),
+        "messages": watcher.messages,
+        "clears": watcher.clears,
+    }
     if args.volume is not None:
         disk = volume_blocks(args.volume)
         report.update(
