@@ -25,14 +25,14 @@ pytestmark = pytest.mark.unit
 
 OTHER = RunConfig("org/other", 16, 1, "bfloat16", (KvCacheGroup(16, ("l0",)),))
 TOPIC = "kv@pool:ns/c@org/model"
+OTHER_TOPIC = "kv@pool:ns/c@org/other"
 
 
 def walker(root: Path, sink: Recorder) -> tuple[MembershipSummary, WalkAnnouncer]:
     events = BlockEvents(sink, "pool:ns/c")
     events.root = root
     summary = MembershipSummary(root)
-    announcer = WalkAnnouncer(events, lambda: True, announce_new=False)
-    summary.on_walk = announcer
+    announcer = WalkAnnouncer(events, lambda: True, announce_new=False).attach(summary)
     return summary, announcer
 
 
@@ -49,6 +49,9 @@ def test_a_wiped_model_is_cleared_once_on_its_topic_and_again_only_after_it_held
         put(namespace.blocks_dir, 1)
     sink = Recorder()
     summary, announcer = walker(tmp_path, sink)
+    summary.rebuild()  # the leader's snapshot: both models cleared, then their blocks
+    assert sorted(clears(sink)) == [TOPIC, OTHER_TOPIC]
+    sink.changes.clear()
     summary.rebuild()
     assert clears(sink) == []
     shutil.rmtree(model.blocks_dir)  # the model's blocks removed wholesale; org/other keeps its own
@@ -61,8 +64,8 @@ def test_a_wiped_model_is_cleared_once_on_its_topic_and_again_only_after_it_held
     shutil.rmtree(tmp_path)  # the whole volume wiped, config.json files included
     tmp_path.mkdir()
     summary.rebuild()
-    assert sorted(clears(sink)) == sorted([TOPIC, TOPIC, "kv@pool:ns/c@org/other"])
-    assert announcer.clears == 3
+    assert sorted(clears(sink)) == sorted([TOPIC, TOPIC, OTHER_TOPIC])
+    assert announcer.clears == 5
 
 
 def test_a_new_leader_clears_a_model_whose_namespace_holds_no_block_on_its_first_walk(tmp_path: Path) -> None:
@@ -75,29 +78,33 @@ def test_a_new_leader_clears_a_model_whose_namespace_holds_no_block_on_its_first
 
 
 class StoringSink(Recorder):
-    """A sink that, as the clear is queued, has another agent store a block of the cleared model."""
+    """A sink that, as a clear is queued, has another agent store a block of the cleared model."""
 
     def __init__(self, blocks_dir: Path) -> None:
         super().__init__()
         self.blocks_dir = blocks_dir
+        self.stored = 100
 
     def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
         if change.cleared:
-            put(self.blocks_dir, 9)
+            self.stored += 1
+            put(self.blocks_dir, self.stored)
         return self.publish(change)
 
 
-def test_a_block_stored_between_the_walk_and_the_clear_is_announced_again_after_the_clear(
-    tmp_path: Path,
-) -> None:
+def test_a_block_stored_while_a_clear_is_queued_is_announced_after_it(tmp_path: Path) -> None:
     namespace = namespace_for(tmp_path, CONFIG)
     ensure_namespace(namespace)
     sink = StoringSink(namespace.blocks_dir)
     summary, _ = walker(tmp_path, sink)
-    summary.rebuild()
+    summary.rebuild()  # the snapshot: cleared before the walk, which finds block 101
+    shutil.rmtree(namespace.blocks_dir)
+    summary.rebuild()  # found empty: cleared, and block 102 (stored meanwhile) announced again
     assert [(c.cleared, c.removed, c.block_hash) for c in sink.changes] == [
         (True, True, b""),
-        (False, False, block_hash(9)),
+        (False, False, block_hash(101)),
+        (True, True, b""),
+        (False, False, block_hash(102)),
     ]
 
 
@@ -111,7 +118,7 @@ def test_the_watch_tool_empties_a_wiped_models_view_and_it_equals_the_files_agai
     events.root = tmp_path
     tier = FileTier(root_dir=tmp_path, on_block_file=events.block_file)
     summary = MembershipSummary(tmp_path)
-    summary.on_walk = WalkAnnouncer(events, lambda: True, announce_new=False)
+    WalkAnnouncer(events, lambda: True, announce_new=False).attach(summary)
     try:
         first, second = tier.namespace(CONFIG), tier.namespace(OTHER)
         store(tier, first, [key(n) for n in range(30)])
@@ -128,7 +135,7 @@ def test_the_watch_tool_empties_a_wiped_models_view_and_it_equals_the_files_agai
         tier.shutdown(2.0)
         publisher.close()
     report = json.loads(capsys.readouterr().out)
-    assert report["equal"] is True and report["clears"] == 1
+    assert report["equal"] is True and report["clears"] == 3  # two in the snapshot, one for the wipe
     assert report["view_blocks"] == report["disk_blocks"] == len(block_files(tmp_path)) == 10
 
 

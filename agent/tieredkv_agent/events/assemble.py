@@ -35,8 +35,7 @@ class AgentEvents:
     def start(self, is_leader: Callable[[], bool], *, native: bool) -> None:
         """Start the summary's walks, announcing what they find while `is_leader` (start-up thread)."""
         if self.summary is not None:
-            announcer = WalkAnnouncer(self.blocks, is_leader, announce_new=native)
-            self.summary.summary.on_walk = announcer
+            WalkAnnouncer(self.blocks, is_leader, announce_new=native).attach(self.summary.summary)
             self.summary.start()
 
     def walk_now(self) -> None:

@@ -132,6 +132,8 @@ class MembershipSummary:
         self.root = root
         self.on_walk: Callable[[Walked], None] | None = None
         """Hears every walk's result (the tkv-summary thread): the `announce.WalkAnnouncer`."""
+        self.before_walk: Callable[[], None] | None = None
+        """Called as each walk begins (the tkv-summary thread): `WalkAnnouncer.before_walk`."""
         self.version = 0
         self.generated_at = 0.0
         self.walk_seconds = 0.0
@@ -141,6 +143,8 @@ class MembershipSummary:
 
     def rebuild(self) -> None:
         """Walk the volume and replace every filter (the tkv-summary thread)."""
+        if self.before_walk is not None:
+            self.before_walk()
         started = time.monotonic()
         walked = walk_block_hashes(self.root)
         by_namespace: dict[str, list[list[bytes]]] = {}
