@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tieredkv_devcluster.paths import StateLayout
+from tieredkv_devcluster.paths import REPO_ROOT, StateLayout
 from tieredkv_devcluster.sim import RUN_ANNOTATION, podstatus
 from tieredkv_devcluster.sim.plan import Obj, PodDirs
 from tieredkv_devcluster.sim.supervisor import PodRunner, _now
@@ -166,6 +166,11 @@ class PodController:
         venv_bin = str(Path(sys.executable).parent)
         base_env = {
             "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+            # This checkout's code, not whichever one the shared venv's editable install points at (a
+            # container that sets PYTHONPATH itself, as injected vLLM pods do, replaces this).
+            "PYTHONPATH": os.pathsep.join(
+                str(REPO_ROOT / d) for d in ("operator", "agent", "common", "hack")
+            ),
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "HOSTNAME": pod["metadata"]["name"],
