@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 from typing import Any
 
 import zmq
@@ -24,14 +23,13 @@ from tieredkv_devcluster import scenario, testing
 
 CAPACITY = "8Mi"
 """The quickstart stores 192 blocks of 64 KiB (12 MiB): GC keeps 80% of 8 MiB, about 100 of them."""
-EVENTS_PORTS = {"port": 15557, "replayPort": 15558, "summaryPort": 15559}
 
 
 def cache_overrides(docs: list[dict[str, Any]]) -> None:
     """Turn the quickstart cache into the events demo's: events on, a small capacity."""
     for doc in docs:
         if doc["kind"] == "TieredKVCache":
-            doc["spec"]["events"] = {"enabled": True, **EVENTS_PORTS}
+            doc["spec"]["events"] = {"enabled": True}
             doc["spec"]["capacity"] = {"maxBytes": CAPACITY}
 
 
@@ -80,7 +78,6 @@ def show(kube: testing.TestCluster, namespace: str, cache: str, gc_pass: Any) ->
             gc_pass(time.time())
             after = _settle(router, volume.root)
             _line("after a GC pass", router, volume.root, after)
-            _summary(found)
             return before and after
         finally:
             router.close()
@@ -103,23 +100,4 @@ def _line(when: str, router: Subscriber, root: Any, equal: bool) -> None:
     print(
         f"{when + ':':27s} view {len(view):4d} blocks | files on the volume {len(disk):4d} | {verdict} "
         f"({router.view.messages} messages, {router.view.clears} AllBlocksCleared)"
-    )
-
-
-def _summary(found: dict[str, tuple[str, str]]) -> None:
-    """One agent's membership summary (the HTTP alternative for routers that poll)."""
-    pub = next(iter(found.values()))[0]
-    host = pub.removeprefix("tcp://").rsplit(":", 1)[0]
-    url = f"http://{host}:{EVENTS_PORTS['summaryPort']}/kv/summary"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            index = json.loads(reply.read())
-    except OSError as exc:
-        print(f"summary:  {url}: {exc}")
-        return
-    spaces = ", ".join(
-        f"{n['model']}: {n['blocks']} blocks in {n['bits']} bits" for n in index["namespaces"].values()
-    )
-    print(
-        f"summary:  {url} version {index['version']}: {spaces or 'no namespaces yet'} (rebuilt every 300 s)"
     )
