@@ -159,3 +159,27 @@ def test_gaining_gc_leadership_walks_the_volume_at_once_instead_of_an_interval_l
             time.sleep(0.01)
     finally:
         service.stop()
+
+
+def test_leadership_gained_during_a_walk_waits_for_the_next_walk_to_clear_and_snapshot(
+    tmp_path: Path,
+) -> None:
+    namespace = namespace_for(tmp_path, CONFIG)
+    ensure_namespace(namespace)
+    put(namespace.blocks_dir, 1)
+    sink, leader = Recorder(), [False]
+    events = BlockEvents(sink, "pool:ns/c")
+    events.root = tmp_path
+    summary = MembershipSummary(tmp_path)
+    announcer = WalkAnnouncer(events, lambda: leader[0], announce_new=False).attach(summary)
+
+    def leadership_arrives_mid_walk() -> None:
+        announcer.before_walk()
+        leader[0] = True
+
+    summary.before_walk = leadership_arrives_mid_walk
+    summary.rebuild()
+    assert sink.changes == [], "a walk begun without the clear is no snapshot"
+    summary.before_walk = announcer.before_walk
+    summary.rebuild()
+    assert [(c.cleared, c.block_hash) for c in sink.changes] == [(True, b""), (False, block_hash(1))]

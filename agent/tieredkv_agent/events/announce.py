@@ -74,8 +74,10 @@ class WalkAnnouncer:
         self.clears += len(models)
 
     def __call__(self, walked: Walked) -> None:
-        if not self.is_leader() and not self._snapshot_due:
-            self._previous = None  # a later leadership starts with a snapshot again
+        if not self._snapshot_due and (self._previous is None or not self.is_leader()):
+            # Not leading, or leadership came during this walk, so it began without the clear: the next
+            # walk (at once: gaining leadership wakes the walker) takes the snapshot.
+            self._previous = None
             return
         current = {key: _sorted(hashes) for key, hashes in walked.items() if hashes}
         previous, self._previous = self._previous, current
