@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tieredkv_common import agent_limits as lim
@@ -146,6 +146,17 @@ class AgentSettings(BaseSettings):
     """Models (as vLLM serves them) whose events are published; empty: every model."""
     events_groups: list[int] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
     """KV-cache group indexes whose block events are published; empty: every group."""
+
+    @field_validator("events_kinds", "events_models", "events_groups", mode="before")
+    @classmethod
+    def _json_list(cls, value: object) -> object:
+        """A JSON list given as text (how the operator renders it, also when passed as an argument)."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"expected a JSON list, got {value!r}") from exc
+        return value
 
     @model_validator(mode="after")
     def _watermarks(self) -> Self:
