@@ -50,8 +50,9 @@ class WalkAnnouncer:
         self.announce_new = announce_new
         self._previous: dict[tuple[str, int], np.ndarray] | None = None
         self._cleared: set[str] = set()
-        self._snapshot_due = False
         """Models announced as cleared that have had no block since."""
+        self._snapshot_due = False
+        """The current walk began with a snapshot's clear: its blocks are announced whatever happens."""
         self.announced = 0
         self.clears = 0
 
