@@ -44,7 +44,7 @@ class EventFilter:
         unknown = kind_set - set(KINDS)
         if unknown or not kind_set:
             raise ValueError(
-                f"event kinds must be a non-empty subset of {', '.join(KINDS)}; got {sorted(kinds)}"
+                f"event kinds must be a non-empty subset of {', '.join(KINDS)}; got {sorted(kind_set)}"
             )
         model_list = list(models)
         group_set = frozenset(groups)
