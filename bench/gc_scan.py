@@ -9,10 +9,12 @@ Creates `--files` block files of 0-4 KiB with random 32-byte hashes, so that the
 real sha256 names do; their mtimes spread over ten days. They go under a fresh directory in `--dir`,
 which is refused if it is tmpfs/ramfs: a scan of RAM says nothing about a disk. Then:
 
-* scan: `scan_volume` `--reps` times per thread count -> files/s, median/min/max; warm page cache,
-  and cold too (caches dropped before each rep) when this runs as root;
-* eviction (warm): `--reps` times, plan freeing `--evict-fraction` of the remaining bytes and run
-  the walk (re-stat every block, unlink the planned ones) -> evicted files/s and walked files/s.
+* scan: `scan_volume` `--reps` times per thread count, full (every leaf read) and incremental (the
+  previous pass's index, nothing changed) -> files/s, median/min/max; warm page cache, and cold too
+  (caches dropped, one rep) when this runs as root;
+* eviction (warm): `--reps` times, as a GC pass: scan, plan freeing `--evict-fraction` of the remaining
+  bytes, walk the leaves the index names (re-stat every block there, unlink the planned ones) -> evicted
+  files/s.
 
 * memory: in a child process, one scan from nothing: peak RSS growth (ru_maxrss) and tracemalloc's peak
   and retained bytes, per million files.
@@ -99,45 +101,58 @@ def drop_caches() -> bool:
     return True
 
 
-def bench_scan(root: Path, threads: int, reps: int, cold: bool) -> dict[str, Any]:
-    rates, seconds, files = [], [], 0
-    scan_volume(root, Cutoffs.at(time.time(), 60, 600), threads=threads)  # warm-up
+def bench_scan(root: Path, threads: int, reps: int, cold: bool, incremental: bool) -> dict[str, Any]:
+    """`full`: every leaf read (a fresh index, as the first pass and every full_scan_every-th);
+    `incremental`: the index of the previous pass, nothing changed since (the GC's usual pass)."""
+    rates, seconds, files, read = [], [], 0, 0
+    index = scan_volume(root, Cutoffs.at(time.time(), 60, 600), threads=threads).index  # warm-up
     for _ in range(reps):
         if cold:
             drop_caches()
-        result = scan_volume(root, Cutoffs.at(time.time(), 60, 600), threads=threads)
-        files = result.files
+        result = scan_volume(
+            root, Cutoffs.at(time.time(), 60, 600), threads=threads, index=index if incremental else None
+        )
+        files, read = result.files, result.leaves_read
         seconds.append(result.duration_s)
         rates.append(result.files / result.duration_s)
     return {
         "threads": threads,
         "cache": "cold" if cold else "warm",
+        "scan": "incremental" if incremental else "full",
         "files": files,
+        "leaves_read": read,
         "files_per_s": summary(rates),
         "seconds": summary(seconds),
     }
 
 
 def bench_evict(root: Path, threads: int, reps: int, fraction: float) -> dict[str, Any]:
-    evicted_rates, walked_rates, seconds, evicted = [], [], [], []
+    """As a GC pass does it: (incremental) scan, plan `fraction` of the bytes, walk the candidate leaves."""
+    evicted_rates, seconds, evicted, scan_seconds = [], [], [], []
+    index = None
     for _ in range(reps):
         cutoffs = Cutoffs.at(time.time(), 60, 600)
-        scan = scan_volume(root, cutoffs, threads=threads)
+        scan = scan_volume(root, cutoffs, threads=threads, index=index)
+        index = scan.index
+        scan_seconds.append(scan.duration_s)
         plan = plan_eviction(scan.evictable, int(scan.bytes * fraction), cutoffs.evictable_ns)
         started = time.monotonic()
-        result = evict(plan, scan.prefix_dirs, threads=threads, record_limit=0)
+        leaves = index.candidate_leaves(
+            scan.root, min(plan.evictable_ns, (plan.cutoff_bucket + 1) * plan.width_ns - 1)
+        )
+        result = evict(plan, scan.prefix_dirs, threads=threads, record_limit=0, leaves=leaves)
+        index.invalidate(leaves)
         elapsed = time.monotonic() - started
         seconds.append(elapsed)
         evicted.append(result.files)
         evicted_rates.append(result.files / elapsed)
-        walked_rates.append(scan.files / elapsed)
     return {
         "threads": threads,
         "fraction_of_bytes": fraction,
         "evicted_files": evicted,
         "evicted_files_per_s": summary(evicted_rates),
-        "walked_files_per_s": summary(walked_rates),
         "seconds": summary(seconds),
+        "scan_before_seconds": scan_seconds,
     }
 
 
@@ -208,11 +223,19 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "reps": args.reps,
             "create_files_per_s": create_rate,
-            "scan": [bench_scan(root, threads, args.reps, cold=False) for threads in thread_counts],
+            "scan": [
+                bench_scan(root, threads, args.reps, cold=False, incremental=incremental)
+                for threads in thread_counts
+                for incremental in (False, True)
+            ],
         }
         result["memory"] = memory_in_child(root)
         if not args.no_cold and drop_caches():
-            result["scan"] += [bench_scan(root, threads, args.reps, cold=True) for threads in thread_counts]
+            result["scan"] += [
+                bench_scan(root, threads, 1, cold=True, incremental=incremental)
+                for threads in thread_counts
+                for incremental in (False, True)
+            ]
         result["evict"] = bench_evict(root, max(thread_counts), args.reps, args.evict_fraction)
         result["loadavg_before"] = load_before
         result["loadavg_after"] = os.getloadavg()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tieredkv_agent.capacity import layout
-from tieredkv_agent.capacity.scan_index import CTIME_MARGIN_NS, UNKNOWN, BlocksIndex, VolumeIndex, leaf_key
+from tieredkv_agent.capacity.scan_index import CTIME_MARGIN_NS, GROUP_SHIFT, UNKNOWN, BlocksIndex, VolumeIndex
 from tieredkv_agent.capacity.scan_model import BUCKET_NS, MAX_BUCKETS, Cutoffs, MtimeHistogram, Usage
 
 __all__ = ["BUCKET_NS", "MAX_BUCKETS", "Cutoffs", "MtimeHistogram", "ScanResult", "Usage", "scan_volume"]
@@ -100,40 +100,42 @@ class _Shard:
         self.errors: list[OSError] = []
 
     def scan_prefix(self, path: str) -> None:
-        """One `<h[0:3]>` directory and its leaf directories."""
+        """One `<h[0:3]>` directory: lstat its leaf directories, read the changed ones."""
         prefix = path.rpartition("/")[2]
+        high = int(prefix, 16) << 8
         remaining = 0
+        leaves: list[os.DirEntry[str]] = []
+        keys: list[int] = []
+        ctimes: list[int] = []
         try:
             with os.scandir(path) as it:
                 for entry in it:
-                    if entry.is_dir(follow_symlinks=False) and layout.is_leaf_dir(entry.name):
-                        if self._leaf(entry, prefix):
+                    name = entry.name
+                    if entry.is_dir(follow_symlinks=False) and layout.is_leaf_dir(name):
+                        try:
+                            ctimes.append(entry.stat(follow_symlinks=False).st_ctime_ns)
+                        except FileNotFoundError:
                             continue
+                        keys.append((int(name[4:]) << GROUP_SHIFT) | high | int(name[0:2], 16))
+                        leaves.append(entry)
                     else:
                         self.unknown.append(entry.path)
-                    remaining += 1
+                        remaining += 1
         except FileNotFoundError:
             return
         except OSError as exc:
             self.errors.append(exc)
             return
+        changed = self.blocks.changed(keys, ctimes, self.pass_no)
+        self.skipped += len(leaves) - len(changed)
+        self.read += len(changed)
+        remaining += len(leaves) - len(changed)
+        for i in changed:
+            entry = leaves[i]
+            if not self.scan_leaf(entry.path, prefix + entry.name[0:2], keys[i], ctimes[i]):
+                remaining += 1
         if remaining == 0 and _is_old(path, self.cutoffs):
             self.empty_dirs.append(path)
-
-    def _leaf(self, entry: os.DirEntry[str], prefix: str) -> bool:
-        """One leaf: reuse what was recorded if its ctime is unchanged, else read it. True if it is gone,
-        or empty and old enough to remove."""
-        key = leaf_key(prefix, entry.name)
-        try:
-            ctime = entry.stat(follow_symlinks=False).st_ctime_ns
-        except FileNotFoundError:
-            return True
-        if ctime == self.blocks.recorded_ctime(key) and ctime != UNKNOWN:
-            self.blocks.mark_seen(key, self.pass_no)
-            self.skipped += 1
-            return False
-        self.read += 1
-        return self.scan_leaf(entry.path, layout.leaf_stem(prefix, entry.name), key, ctime)
 
     def scan_leaf(self, path: str, stem: str, key: int, ctime: int) -> bool:
         """Read one leaf directory; True if it is gone, or empty and old enough to remove."""

@@ -67,20 +67,27 @@ class BlocksIndex:
         self.used = 0
         self.dead = 0
 
-    def recorded_ctime(self, key: int) -> int:
-        """The ctime this leaf had when its files were recorded, or UNKNOWN (worker threads)."""
-        table = self.tables.get(key >> GROUP_SHIFT)
-        return UNKNOWN if table is None else int(table.ctime[key & SLOT_MASK])
-
-    def files_of(self, key: int) -> int:
-        table = self.tables.get(key >> GROUP_SHIFT)
-        return 0 if table is None else int(table.count[key & SLOT_MASK])
-
-    def mark_seen(self, key: int, pass_no: int) -> None:
-        """The leaf is still there and unchanged (worker threads)."""
-        table = self.tables.get(key >> GROUP_SHIFT)
-        if table is not None:
-            table.seen[key & SLOT_MASK] = pass_no
+    def changed(self, keys: list[int], ctimes: list[int], pass_no: int) -> list[int]:
+        """Positions of the leaves (listed together, by key and current ctime) to read again; the others
+        are marked seen in this pass (worker threads, each with its own leaves)."""
+        if not keys:
+            return []
+        key_array = np.array(keys, np.int64)
+        now = np.array(ctimes, np.int64)
+        same = np.zeros(len(keys), np.bool_)
+        groups = key_array >> GROUP_SHIFT
+        for group in np.unique(groups).tolist():
+            table = self.tables.get(group)
+            if table is None:
+                continue
+            pick = np.flatnonzero(groups == group)
+            slots = key_array[pick] & SLOT_MASK
+            recorded = table.ctime[slots]
+            hit = (recorded == now[pick]) & (recorded != UNKNOWN)
+            table.seen[slots[hit]] = pass_no
+            same[pick[hit]] = True
+        positions: list[int] = np.flatnonzero(~same).tolist()
+        return positions
 
     def replace(self, keys: I64, ctimes: I64, counts: I64, *, mtimes: I64, sizes: I64, pass_no: int) -> None:
         """Record the files just read in these leaves, dropping what was recorded before (scanning thread)."""
@@ -90,7 +97,9 @@ class BlocksIndex:
         self._append(np.repeat(keys, counts), mtimes, sizes)
         groups = keys >> GROUP_SHIFT
         for group in np.unique(groups).tolist():
-            table = self.tables.setdefault(group, _Table())
+            table = self.tables.get(group)
+            if table is None:
+                table = self.tables[group] = _Table()
             pick = groups == group
             slots = keys[pick] & SLOT_MASK
             self._kill(table.start[slots], table.count[slots])
