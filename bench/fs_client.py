@@ -8,7 +8,8 @@ usage (started by bench/vllm_fs_io.py, not by hand):
 `vllm.fs_io_C` when it loads) as vLLM's factory would; `agent` builds `TieredKVTier` (the plugin) and talks
 to a running agent. Both play vLLM's scheduler process: the region is a /dev/shm file of `--slots` rows,
 mapped shared (`SharedRegion`), and jobs are submitted, then polled every `--step-ms` as a scheduler step
-does. Commands arrive on stdin as JSON lines, answers go to stdout as JSON lines:
+does, at most `--max-jobs` in flight (the agent's per-connection limit; the same for both). Commands
+arrive on stdin as JSON lines, answers go to stdout as JSON lines:
 
     {"op": "store" | "load", "tag": str, "count": int, "job_blocks": int}
         -> {"wall_s", "cpu_s", "failed"}: this whole process's CPU (all threads) while the jobs ran
@@ -122,6 +123,7 @@ class Client:
         self.rows[:] = np.random.default_rng(7).integers(0, 256, self.block, dtype=np.uint8)
         self.pattern = self.rows[0].copy()
         self.step_s = args.step_ms / 1e3
+        self.max_jobs = args.max_jobs
         reads, writes = (int(x) for x in args.threads.split(","))
         self.tier: VllmFs | Plugin = (
             VllmFs(args.root, self.region.view, reads, writes)
@@ -147,13 +149,18 @@ class Client:
             self.rows[:count] = self.pattern
             self.rows[:count, :16] = heads
         pending: set[int] = set()
-        cpu, started = time.process_time(), time.perf_counter()
-        for start in range(0, count, per_job):
-            job_id = next(self.ids)
-            pending.add(job_id)
-            self.tier.submit(job_id, keys[start : start + per_job], slots[start : start + per_job], load)
+        starts = iter(range(0, count, per_job))
         failed = 0
-        while pending:
+        cpu, started = time.process_time(), time.perf_counter()
+        while True:
+            for start in starts:
+                job_id = next(self.ids)
+                pending.add(job_id)
+                self.tier.submit(job_id, keys[start : start + per_job], slots[start : start + per_job], load)
+                if len(pending) >= self.max_jobs:
+                    break
+            if not pending:
+                break
             time.sleep(self.step_s)
             for job_id, ok in self.tier.finished():
                 pending.discard(job_id)
@@ -177,6 +184,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, required=True)
     parser.add_argument("--threads", default="16,16")
     parser.add_argument("--step-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--max-jobs", type=int, default=1024, help="jobs in flight at most (the agent's limit)"
+    )
     args = parser.parse_args()
     client = Client(args)
     print(json.dumps({"ready": True, "uses_c_extension": client.tier.uses_c, "pid": os.getpid()}), flush=True)
