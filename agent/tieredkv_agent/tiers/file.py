@@ -168,6 +168,10 @@ class FileTier:
     """Block files on the shared volume, byte-compatible with vLLM's `fs` tier (registry type "file")."""
 
     tier_type: ClassVar[str] = "file"
+    kernel_only_views: ClassVar[bool] = True
+    """Job views reach only system calls (O_DIRECT or buffered write/preadv of whole, page-aligned blocks;
+    a bounce copy only for unaligned views): the socket server may hand it views of a client's mapped
+    region (`tieredkv_agent.engine.region`)."""
 
     def __init__(
         self,
