@@ -8,7 +8,7 @@ usage (started by bench/vllm_fs_io.py, not by hand):
 `vllm.fs_io_C` when it loads) as vLLM's factory would; `agent` builds `TieredKVTier` (the plugin) and talks
 to a running agent. Both play vLLM's scheduler process: the region is a /dev/shm file of `--slots` rows,
 mapped shared (`SharedRegion`), and jobs are submitted, then polled every `--step-ms` as a scheduler step
-does, at most `--max-jobs` in flight (the agent's per-connection limit; the same for both). Commands
+does, at most `--max-jobs` in flight (under the agent's per-connection 1024; the same for both). Commands
 arrive on stdin as JSON lines, answers go to stdout as JSON lines:
 
     {"op": "store" | "load", "tag": str, "count": int, "job_blocks": int}
