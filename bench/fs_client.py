@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--threads", default="16,16")
     parser.add_argument("--step-ms", type=float, default=5.0)
     parser.add_argument(
-        "--max-jobs", type=int, default=1024, help="jobs in flight at most (the agent's limit)"
+        "--max-jobs", type=int, default=512, help="jobs in flight at most (the same for both tiers)"
     )
     args = parser.parse_args()
     client = Client(args)
