@@ -20,8 +20,12 @@ DIR_MODE = 0o755
 FILE_MODE = 0o644
 
 
-def make_dirs(path: str | os.PathLike[str]) -> None:
-    """Create `path` and missing parents, each new one with DIR_MODE exactly."""
+def make_dirs(path: str | os.PathLike[str], *, chmod: bool = True) -> None:
+    """Create `path` and missing parents, each new one with DIR_MODE exactly.
+
+    `chmod=False` when the caller knows the umask keeps DIR_MODE (`store.syscalls.umask_keeps`): mkdir's
+    mode is then exact already, and the chmod per directory is saved.
+    """
     target = Path(path)
     missing: list[Path] = []
     current = target
@@ -35,8 +39,9 @@ def make_dirs(path: str | os.PathLike[str]) -> None:
             directory.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue  # another writer created it meanwhile; its mode is its creator's
-        with contextlib.suppress(OSError):
-            directory.chmod(DIR_MODE)
+        if chmod:
+            with contextlib.suppress(OSError):
+                directory.chmod(DIR_MODE)
 
 
 def set_file_mode(fd: int) -> None:
