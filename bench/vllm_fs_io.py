@@ -49,8 +49,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of every thread of process `pid` so far."""
+    return sum(proc_user_sys_s(pid))
+
+
+def proc_user_sys_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every thread of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def drop_cache(root: Path) -> str:
@@ -96,12 +101,14 @@ class Worker:
 
     def run(self, op: str, tag: str, count: int, job_blocks: int) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        agent_cpu = proc_cpu_s(self.agent.pid) if self.agent else 0.0
+        agent_cpu = proc_user_sys_s(self.agent.pid) if self.agent else (0.0, 0.0)
         self.proc.stdin.write(json.dumps({"op": op, "tag": tag, "count": count, "job_blocks": job_blocks}))
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
         reply = self._reply()
-        reply["agent_cpu_s"] = (proc_cpu_s(self.agent.pid) - agent_cpu) if self.agent else 0.0
+        after = proc_user_sys_s(self.agent.pid) if self.agent else (0.0, 0.0)
+        reply["agent_cpu_s"] = after[0] + after[1] - agent_cpu[0] - agent_cpu[1]
+        reply["agent_sys_s"] = after[1] - agent_cpu[1]
         if reply["failed"] or reply.get("verified") is False:
             raise RuntimeError(f"{self.name} {op} {tag}: {reply}")
         return reply
@@ -179,7 +186,9 @@ def one_rep(
             out[f"{worker.name}_{op}"] = {
                 "gbps": gb / reply["wall_s"],
                 "client_cpu_s_per_gb": reply["cpu_s"] / gb,
+                "client_sys_s_per_gb": reply["sys_s"] / gb,
                 "agent_cpu_s_per_gb": reply["agent_cpu_s"] / gb,
+                "agent_sys_s_per_gb": reply["agent_sys_s"] / gb,
             }
     out["loadavg_after"] = os.getloadavg()
     return out
