@@ -53,23 +53,30 @@ def summarize(raw: str, top: int) -> dict[str, Any]:
     return {"samples": total, "threads": share(threads), "self": share(leaf), "inclusive": share(inclusive)}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/tieredkv-agent-profile"))
     parser.add_argument("--block-kib", type=int, default=64)
     parser.add_argument("--job-blocks", type=int, default=1)
     parser.add_argument("--run-mib", type=int, default=256)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--threads", default="4,4", help="the agent's read,write threads")
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--py-spy", type=Path, default=PY_SPY)
     parser.add_argument("--out", type=Path, default=Path("bench/results/agent_profile.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     (args.dir / "volume").mkdir(parents=True)
     block = args.block_kib << 10
     count = (args.run_mib << 20) // block
-    agent = start_agent(args.dir / "volume", args.dir / "run")
+    reads, writes = args.threads.split(",")
+    threads = {"TIEREDKV_READ_THREADS": reads, "TIEREDKV_WRITE_THREADS": writes}
+    agent = start_agent(args.dir / "volume", args.dir / "run", threads)
     env = dict(os.environ, PYTHONHASHSEED=SEED)
     argv = [sys.executable, str(CLIENT), "agent", "--socket", str(args.dir / "run" / "agent.sock")]
     raw_path = args.dir / "stacks.txt"
@@ -106,6 +113,7 @@ def main() -> None:
     result = {
         "block_bytes": block,
         "job_blocks": args.job_blocks,
+        "threads": args.threads,
         "blocks_per_pass": count,
         "agent_cpu_s_per_gb": cpu / (moved / 1e9),
         "loadavg": os.getloadavg(),
