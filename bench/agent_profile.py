@@ -61,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--run-mib", type=int, default=256)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--threads", default="4,4", help="the agent's read,write threads")
+    parser.add_argument("--target", choices=["agent", "client"], default="agent", help="the process sampled")
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--py-spy", type=Path, default=PY_SPY)
@@ -80,13 +81,23 @@ def main() -> None:
     env = dict(os.environ, PYTHONHASHSEED=SEED)
     argv = [sys.executable, str(CLIENT), "agent", "--socket", str(args.dir / "run" / "agent.sock")]
     raw_path = args.dir / "stacks.txt"
-    record = ["record", "--pid", str(agent.pid), "--format", "raw", "--threads", "--nonblocking"]
+    record = ["record", "--format", "raw", "--threads", "--nonblocking"]
     spy: subprocess.Popen[bytes] | None = None
     worker: Worker | None = None
     try:
         worker = Worker("agent", [*argv, "--block-bytes", str(block), "--slots", str(count)], env, agent)
+        target = agent.pid if args.target == "agent" else int(worker.hello["pid"])
         spy = subprocess.Popen(
-            [str(args.py_spy), *record, "--rate", str(args.rate), "--output", str(raw_path)],
+            [
+                str(args.py_spy),
+                *record,
+                "--pid",
+                str(target),
+                "--rate",
+                str(args.rate),
+                "--output",
+                str(raw_path),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -114,6 +125,7 @@ def main() -> None:
         "block_bytes": block,
         "job_blocks": args.job_blocks,
         "threads": args.threads,
+        "target": args.target,
         "blocks_per_pass": count,
         "agent_cpu_s_per_gb": cpu / (moved / 1e9),
         "loadavg": os.getloadavg(),
