@@ -22,8 +22,8 @@ Ratios are per rep (same rep, same conditions), as median/min/max: throughput ag
 
 --latency-us N: a slow network volume. bench/shim/delayio.c, preloaded into the agent and into vLLM's
 process (not into the plugin's: it does no file I/O), sleeps N µs before every file-system call on the
-volume (open, read/write/pread/pwrite/preadv/pwritev, stat/access, mkdir, link/rename/unlink, fchmod,
-fdatasync; not close): one round trip to a volume server per operation, costing no CPU.
+volume (open, read/write/pread/pwrite/preadv/pwritev, stat/access, mkdir, link/rename/renameat2/unlink,
+fchmod, utimensat, fdatasync; not close): one round trip to a volume server per operation, costing no CPU.
 """
 
 from __future__ import annotations
