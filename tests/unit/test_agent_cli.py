@@ -20,6 +20,7 @@ pytestmark = pytest.mark.unit
 
 def agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDKV_")}
+    clean["PYTHONPATH"] = os.pathsep.join(sys.path)  # the code under test, not an installed copy
     return subprocess.run(
         [sys.executable, "-m", "tieredkv_agent.cli", *args],
         env={**clean, **env},

@@ -77,6 +77,7 @@ def test_block_io_on_a_truncated_mapped_region_fails_with_efault_and_the_process
         timeout=60,
         cwd=REPO,
         check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # the code under test
     )
     assert done.returncode == 0, (done.returncode, done.stderr)  # -7 would be SIGBUS
     seen = json.loads(done.stdout)
