@@ -16,7 +16,9 @@ Runs on the main thread only.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import os
 from pathlib import Path
 
 import zmq
@@ -40,13 +42,27 @@ def watch(connect: list[str], replays: list[str], seconds: float) -> View:
 
 
 def volume_blocks(volume: Path) -> set[Block]:
-    """(namespace directory, hash, group) of every block file under `volume`."""
+    """(namespace directory, hash, group) of every block file under `volume`.
+
+    GC may remove files and emptied directories while this walks: what vanished is simply not there.
+    """
     out: set[Block] = set()
-    for path in volume.glob("*_r0/*/*_g*/*.bin"):
+    for path in _files(volume, ("*_r0", "*", "*_g*", "*.bin")):
         parsed = parse_block_path(str(path))
         if parsed is not None:
             out.add((parsed[0].name, parsed[1], parsed[2]))
     return out
+
+
+def _files(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """Paths under `directory` matching one glob pattern per level, skipping what disappears meanwhile."""
+    try:
+        entries = [Path(e.path) for e in os.scandir(directory) if fnmatch.fnmatchcase(e.name, patterns[0])]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if len(patterns) == 1:
+        return entries
+    return [found for entry in entries for found in _files(entry, patterns[1:])]
 
 
 def main(argv: list[str] | None = None) -> None:
