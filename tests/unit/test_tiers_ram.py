@@ -19,6 +19,7 @@ from tieredkv_agent.engine.jobs import BlockJob, CompletionQueue, JobKind, JobRe
 from tieredkv_agent.store.blockio import FileOps
 from tieredkv_agent.store.naming import KvCacheGroup, Namespace, RunConfig, make_offload_key
 from tieredkv_agent.tiers.file import FileTier
+from tieredkv_agent.tiers.kernel_copy import KernelCopier
 from tieredkv_agent.tiers.layered import LayeredTier
 from tieredkv_agent.tiers.ram import RamPool
 
@@ -275,7 +276,7 @@ def test_a_failed_copy_out_of_ram_is_served_from_the_files(tmp_path: Path, ops: 
     pool = RamPool(4 * BLOCK, block_bytes=BLOCK, pin=False)
     engine.pool = pool.space
     tier = LayeredTier(
-        ram=pool, lower=FileTier(root_dir=tmp_path / "v", ops=ops, direct=False), engine=engine
+        ram=pool, lower=FileTier(root_dir=tmp_path / "v", ops=ops, direct=False), engine=engine, kernel=False
     )
     try:
         namespace, keys = tier.namespace(CONFIG), [key(0), key(1)]
@@ -349,3 +350,34 @@ def test_a_malformed_job_raises_and_reports_nothing(tier: LayeredTier, namespace
     with pytest.raises(ValueError, match="writable"):
         tier.submit_load(BlockJob(1, namespace, [(key(0), memoryview(bytes(BLOCK)))]), done)
     assert done.get(0.05) is None and tier.drain(1.0)
+
+
+class StoppingKernel(KernelCopier):
+    """Copies out of RAM stop after the first block, as when the client truncated its region there."""
+
+    def copy(self, call: str, local: Sequence[int], remote: Sequence[int], block_bytes: int) -> int:
+        if call == "process_vm_writev":
+            return super().copy(call, local[:1], remote[:1], block_bytes)
+        return super().copy(call, local, remote, block_bytes)
+
+
+def test_kernel_copies_serve_ram_hits_and_blocks_a_short_copy_missed_come_from_the_files(
+    tmp_path: Path, ops: CountingOps
+) -> None:
+    pool = RamPool(4 * BLOCK, block_bytes=BLOCK, pin=False)
+    files = FileTier(root_dir=tmp_path / "v", ops=ops, direct=False)
+    tier = LayeredTier(ram=pool, lower=files, kernel=StoppingKernel())
+    try:
+        assert tier.kernel_only_views
+        namespace, keys = tier.namespace(CONFIG), [key(0), key(1)]
+        region = Region(2)
+        for slot, k in enumerate(keys):
+            region.fill(slot, content(k))
+        run(tier, JobKind.STORE, job(namespace, keys, region, [0, 1]))
+        assert tier.ram.contains(namespace.blocks_dir, keys) == [True, True]
+        reader = Region(2)
+        result = run(tier, JobKind.LOAD, job(namespace, keys, reader, [1, 0], job_id=2))
+        assert result.success and [reader.slot(1), reader.slot(0)] == [content(k) for k in keys]
+        assert ops.reads == 1 and tier.stats().ram.copy_failures == 1  # one from RAM, one from its file
+    finally:
+        tier.shutdown(2.0)

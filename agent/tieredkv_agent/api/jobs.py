@@ -1,8 +1,9 @@
 """A connection's Store and Load jobs, staged and run chunk by chunk within the staging budgets.
 
 The agent never touches a client's region from user space (see `tieredkv_agent.engine.region`): a tier
-whose `kernel_only_views` is true (the file tier) gets views of the mapped region, which only system
-calls read or fill (in place); any other tier gets an agent-owned staging buffer. So that a job of any
+whose `kernel_only_views` is true (the file tier; the RAM tier with kernel copies) gets views of the
+mapped region, which only system calls read or fill (in place); any other tier gets an agent-owned
+staging buffer. So that a job of any
 size (a 32k-token prompt is gigabytes of KV) costs at most one chunk of memory, and in-place jobs are
 bounded the same way, a job runs as consecutive chunks of at most `chunk_bytes`::
 

@@ -6,12 +6,14 @@ Hello turns every access past its new end into SIGBUS. System calls are differen
 to or from a user address whose page is gone (get_user_pages, copy_to/from_user) the call fails with
 EFAULT or comes back short; no signal is sent. So there are two ways to move a job's bytes:
 
-    in place  (`ClientRegion.slot_views`, for tiers whose `kernel_only_views` is true: the file tier)
+    in place  (`ClientRegion.slot_views`, for tiers whose `kernel_only_views` is true: the file tier, and
+              the RAM tier where process_vm_readv/writev copy its slots: `tiers.kernel_copy`)
               the region is mapped once; a job's views are slices of that mapping, and the tier hands them
               only to system calls: O_DIRECT write(file, region view) on store, preadv(file, [region view])
               on load. No copy and no staging buffer: what vLLM's own fs tier does. A shrunk region fails
               the keys (EFAULT, short I/O) and the job names the region (`ClientRegion.shrunk`).
-    staged    (every other tier, e.g. the RAM pool, whose copies run in user space)
+    staged    (every other tier, e.g. the RAM pool where those calls are refused: its copies then run in
+              user space)
         store ClientRegion.read_slots(slots, staging)   preadv(region fd) -> the job's staging buffer
         load  the tiers fill the staging buffer; ClientRegion.write_slots(slots, staging, which)
               pwritev(staging) -> region fd, only for the keys that were loaded

@@ -35,6 +35,7 @@ from tieredkv_agent.engine.index import LookupResult
 from tieredkv_agent.engine.jobs import BlockJob, CompletionSink, JobKind, JobResult, KeyStatus
 from tieredkv_agent.store.naming import Namespace, RunConfig
 from tieredkv_agent.tiers.file import FileTier, FileTierStats
+from tieredkv_agent.tiers.kernel_copy import KernelCopier, address
 from tieredkv_agent.tiers.ram import RamPool, RamStats
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,25 @@ class LayeredTier:
 
     tier_type: ClassVar[str] = "layered"
 
-    def __init__(self, *, ram: RamPool, lower: FileTier, engine: CopyEngine | None = None) -> None:
-        """Compose the tiers (agent's main thread); the engine is made here unless one is given."""
+    def __init__(
+        self,
+        *,
+        ram: RamPool,
+        lower: FileTier,
+        engine: CopyEngine | None = None,
+        kernel: KernelCopier | bool | None = True,
+    ) -> None:
+        """Compose the tiers (agent's main thread); the engine is made here unless one is given.
+
+        `kernel`: True probes for kernel copies between pool and job views (pool <-> region in one copy,
+        no staging); False copies with the engine only; a KernelCopier is used as given (tests)."""
         self.ram = ram
         self.lower = lower
         self.engine = engine or CopyEngine()
+        self._kernel = KernelCopier.probe() if kernel is True else (kernel or None)
+        self.kernel_only_views = self._kernel is not None
+        """With kernel copies, pool <-> job views never run in user space: the socket server may hand this
+        tier views of a client's mapped region (in place, `tieredkv_agent.engine.region`)."""
         self._lock = threading.Condition()
         self._in_flight = 0
         self._closed = False
@@ -205,9 +220,29 @@ class LayeredTier:
     def _unreserve(self, state: _Job, cached: list[tuple[int, int]], *, failed: bool) -> None:
         self.ram.abort(state.space, state.keys([index for index, _ in cached]), failed=failed)
 
+    def _kernel_copy(self, call: str, slots: Sequence[int], views: Sequence[memoryview]) -> int | None:
+        """Blocks copied whole, in order, between pool slots and views by the kernel; None: use the engine
+        (no kernel copier, or read-only views, which only in-process callers pass)."""
+        if self._kernel is None or any(view.readonly for view in views):
+            return None
+        try:
+            space = self.ram.space
+            local = [space.address(slot) for slot in slots]
+            return self._kernel.copy(call, local, [address(view) for view in views], space.block_bytes)
+        except (OSError, CopyError, TypeError, ValueError) as exc:
+            log.warning("kernel copy of %d blocks failed: %s", len(slots), exc)
+            return 0
+
     def _to_ram(self, state: _Job, cached: list[tuple[int, int]], source: str) -> None:
         """Copy job views into their reserved slots; commit or abort when the copy ends (a part)."""
         indices = [index for index, _ in cached]
+        done = self._kernel_copy("process_vm_readv", [slot for _, slot in cached], state.views(indices))
+        if done is not None:  # synchronous: commit the blocks copied whole, abort the rest
+            if done:
+                self.ram.commit(state.space, state.keys(indices[:done]), source=source)
+            if done < len(cached):
+                self._unreserve(state, cached[done:], failed=True)
+            return
 
         def copied(error: str | None) -> None:
             if error is None:
@@ -228,6 +263,10 @@ class LayeredTier:
 
     def _from_ram(self, state: _Job, hits: list[int], slots: list[int]) -> None:
         """Copy pool slots into the job's views (a part); fall back to the files if the copy fails."""
+        done = self._kernel_copy("process_vm_writev", slots, state.views(hits))
+        if done is not None:
+            self._from_ram_copied(state, hits, done)
+            return
 
         def copied(error: str | None) -> None:
             self.ram.release(state.space, state.keys(hits))
@@ -250,6 +289,20 @@ class LayeredTier:
             copied(str(exc))
             return
         self.engine.submit(self.ram.space, slots, dst, dst_blocks, on_done=lambda batch: copied(batch.error))
+
+    def _from_ram_copied(self, state: _Job, hits: list[int], done: int) -> None:
+        """The kernel copied the first `done` hits whole: they are loaded; the rest come from the files."""
+        self.ram.release(state.space, state.keys(hits))
+        state.settle(hits[:done], [KeyStatus.DONE] * done)
+        rest = hits[done:]
+        if not rest:
+            return
+        self.ram.count_failures(len(rest))
+        try:
+            self._from_lower(state, rest, cache=False)
+        except Exception:
+            log.exception("job %s: the file tier refused the fallback", state.job.job_id)
+            state.settle(rest, [KeyStatus.FAILED] * len(rest))
 
     def _from_lower(self, state: _Job, indices: list[int], *, cache: bool = True) -> None:
         """Load keys from the files (a part); cache what was read before the job is reported."""
