@@ -84,6 +84,10 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
+    # As kopf's own server: a new operator pod on the same address (host network, the dev cluster's pods)
+    # binds while the pod it replaces still serves, so a rolling update is not stuck on the port.
+    allow_reuse_address = True
+    allow_reuse_port = True
 
     def __init__(self, address: tuple[str, int], handler: type["_Handler"], owner: AdmissionServer) -> None:
         self.owner = owner
