@@ -154,3 +154,17 @@ def test_the_server_maps_bad_requests_unknown_paths_and_handler_bugs_to_4xx_and_
     assert post(conn, "/mutate", json.dumps(review_of(pod())).encode())[0] == 404
     assert post(conn, "/boom", json.dumps(review_of(pod())).encode())[0] == 500
     conn.close()
+
+
+def test_a_second_server_binds_the_port_the_first_still_serves_as_in_a_rolling_update(
+    server: AdmissionServer,
+) -> None:
+    successor = AdmissionServer("127.0.0.1", server.port, server.dispatch, None)
+    try:
+        successor.start()
+        server.close()
+        conn = http.client.HTTPConnection("127.0.0.1", successor.port, timeout=5)
+        status, answer = post(conn, "/inject", json.dumps(review_of(pod())).encode())
+        assert status == 200 and answer["response"]["allowed"] is True
+    finally:
+        successor.close()
