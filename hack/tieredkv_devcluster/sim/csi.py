@@ -211,6 +211,7 @@ class Kubelet:
         try:
             self._plugin(driver).node().NodePublishVolume(request, timeout=RPC_TIMEOUT_S)
         except grpc.RpcError as exc:
+            self._forget_if_gone(driver, exc)
             raise CsiError(f"NodePublishVolume: {exc.code().name}: {exc.details()}") from exc
         return self.paths.to_local(target)
 
@@ -224,10 +225,19 @@ class Kubelet:
         try:
             self._plugin(volume["csi"]["driver"]).node().NodeUnpublishVolume(request, timeout=RPC_TIMEOUT_S)
         except grpc.RpcError as exc:
+            self._forget_if_gone(volume["csi"]["driver"], exc)
             raise CsiError(f"NodeUnpublishVolume: {exc.code().name}: {exc.details()}") from exc
         volume_dir = self.paths.to_local(target).parent
         if volume_dir.is_dir():
             volume_dir.rmdir()
+
+    def _forget_if_gone(self, driver: str, exc: grpc.RpcError) -> None:
+        """A plugin that stopped answering is registered again from its socket on the next call."""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            with self._lock:
+                plugin = self.plugins.pop(driver, None)
+            if plugin is not None:
+                plugin.channel.close()
 
     def close(self) -> None:
         with self._lock:
