@@ -151,7 +151,15 @@ def _wire_kv_transfer_config(container: JsonDict, cache: CacheView, config_via: 
 def _wire_socket(pod_spec: JsonDict, container: JsonDict, cache: CacheView) -> None:
     """Agent mode: the node agent's socket directory."""
     host_dir = names.socket_host_dir(cache.spec.agent.socket_dir, cache.namespace, cache.name)
-    socket = {"name": SOCKET_VOLUME, "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}
+    socket: JsonDict
+    if cache.spec.agent.socket_volume == "csi":
+        attributes = {"cache": cache.name}  # the driver pairs it with the pod's own namespace
+        socket = {
+            "name": SOCKET_VOLUME,
+            "csi": {"driver": names.CSI_DRIVER, "readOnly": True, "volumeAttributes": attributes},
+        }
+    else:
+        socket = {"name": SOCKET_VOLUME, "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}
     ensure_named(pod_spec, "volumes", socket, "volume")
     ensure_mount(container, {"name": SOCKET_VOLUME, "mountPath": host_dir})
 
