@@ -1,5 +1,5 @@
 """spec.agent.socketVolume: csi gives injected vLLM pods the agent's socket directory as an inline ephemeral
-volume of the chart's CSI driver instead of a hostPath, and admission refuses what that driver cannot serve."""
+volume of the chart's CSI driver instead of a hostPath; admission refuses what that driver cannot serve."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ def test_a_csi_cache_injects_an_inline_csi_volume_naming_the_cache_and_no_host_p
     volumes = {v["name"]: v for v in result.pod["spec"]["volumes"]}
     assert volumes["tieredkv-socket"] == {
         "name": "tieredkv-socket",
-        "csi": {"driver": "socket.tieredkv.io", "readOnly": True, "volumeAttributes": {"cache": "chat-cache"}},
+        "csi": {
+            "driver": "socket.tieredkv.io",
+            "readOnly": True,
+            "volumeAttributes": {"cache": "chat-cache"},
+        },
     }
     assert all("hostPath" not in v for v in result.pod["spec"]["volumes"])
     mounts = vllm_container(result.pod)["volumeMounts"]
