@@ -44,6 +44,14 @@ PLUGIN_VOLUME: Final = "tieredkv-plugin"
 PLUGIN_INIT_CONTAINER: Final = "tieredkv-plugin"
 PLUGIN_DIR: Final = "/opt/tieredkv/python"
 SOCKET_VOLUME: Final = "tieredkv-socket"
+PLUGIN_INIT_SECURITY: Final[JsonDict] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 STORE_VOLUME: Final = "tieredkv-store"
 SHM_VOLUME: Final = "tieredkv-shm"
 SHM_PATH: Final = "/dev/shm"
@@ -179,6 +187,8 @@ def plugin_init_container(plugin_image: str) -> JsonDict:
         "image": plugin_image,
         "command": ["tieredkv-agent", "install-plugin", PLUGIN_DIR],
         "volumeMounts": [{"name": PLUGIN_VOLUME, "mountPath": PLUGIN_DIR}],
+        # Pod Security restricted: it only copies files into the emptyDir (docs/security.md).
+        "securityContext": PLUGIN_INIT_SECURITY,
     }
 
 
