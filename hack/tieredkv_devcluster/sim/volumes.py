@@ -117,7 +117,13 @@ def gluster_path(node_dir: Path, volume_path: str) -> Path:
 
 
 def container_mounts(pod: Obj, container: Obj, sources: dict[str, Path]) -> list[Mount]:
-    """volumeMounts as bind mounts (subPath resolved inside the volume, never outside it)."""
+    """volumeMounts as bind mounts (subPath resolved inside the volume, never outside it).
+
+    A `csi` volume with `readOnly: true` is mounted read-only in every container whatever the volumeMount
+    says, as the kubelet does (its volume's mounter reports ReadOnly); a bind mount never inherits the
+    read-only flag of the driver's own mount, so this is what keeps the container from writing there.
+    """
+    forced_ro = {v["name"] for v in pod["spec"].get("volumes") or [] if (v.get("csi") or {}).get("readOnly")}
     mounts = []
     for vm in container.get("volumeMounts") or []:
         if vm["name"] not in sources:
@@ -133,7 +139,7 @@ def container_mounts(pod: Obj, container: Obj, sources: dict[str, Path]) -> list
             Mount(
                 source=str(src),
                 target=vm["mountPath"],
-                read_only=bool(vm.get("readOnly")),
+                read_only=bool(vm.get("readOnly")) or vm["name"] in forced_ro,
                 bidirectional=vm.get("mountPropagation") == "Bidirectional",
             )
         )
