@@ -28,6 +28,10 @@ from tieredkv_devcluster.sim.supervisor import PodRunner, _now
 
 log = logging.getLogger("sim.pods")
 
+CODE_PATH_VARIABLE = "TIEREDKV_SIM_PYTHONPATH"
+"""When set (for the simulator), local pods' processes get it as PYTHONPATH: e.g. a git worktree's
+`agent:common` directories, to run that tree's agent rather than the one the venv has installed."""
+
 
 class ApiLookup:
     """`Lookup` backed by the API server (called from runner threads)."""
@@ -186,6 +190,8 @@ class PodController:
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.apiserver_port),
         }
+        if os.environ.get(CODE_PATH_VARIABLE):  # a container's own PYTHONPATH still wins
+            base_env["PYTHONPATH"] = os.environ[CODE_PATH_VARIABLE]
         dirs = PodDirs(pod_root=self.layout.pods / uid, node_root=self.layout.nodes / node / "hostpath")
         lookup = ApiLookup(self.api_factory())
         self._share_bidirectional(pod, dirs)
