@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)/hack
 help:  ## this list
 	@echo "Set up (a fresh Debian/Ubuntu machine, as root):"
 	@echo "  make demo          local Kubernetes, the chart, two real vLLM servers sharing one cache, a report"
-	@echo "                     (SCENARIO=share|native|standin|seed-mismatch; make demo-down stops it)"
+	@echo "                     (SCENARIO=share|native|standin|seed-mismatch|events; make demo-down stops it)"
 	@echo "  make test          everything CI runs"
 	@echo ""
 	@echo "Parts:"
@@ -111,7 +111,7 @@ cluster-status: venv  ## what is running
 	$(BIN)/python -m tieredkv_devcluster status
 
 SCENARIO ?= share
-demo: cluster-up vllm-env  ## the demo (SCENARIO=share, native, standin or seed-mismatch)
+demo: cluster-up vllm-env  ## the demo (SCENARIO=share, native, standin, seed-mismatch or events)
 	$(BIN)/python -m tieredkv_devcluster demo --scenario $(SCENARIO)
 
 demo-down: cluster-down  ## stop the demo

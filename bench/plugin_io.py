@@ -42,7 +42,10 @@ from tieredkv_agent.vllm import compat
 SEED = "31337"
 
 
-def start_agent(volume: Path, sockets: Path) -> subprocess.Popen[bytes]:
+def start_agent(
+    volume: Path, sockets: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A `tieredkv-agent run` in agent mode on `volume`; `extra_env` adds settings (threads, LD_PRELOAD)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDKV_")}
     env.update(
         PYTHONHASHSEED=SEED,
@@ -53,6 +56,7 @@ def start_agent(volume: Path, sockets: Path) -> subprocess.Popen[bytes]:
         TIEREDKV_METRICS_PORT="0",
         TIEREDKV_GC_SCAN_INTERVAL_SECONDS="3600",
     )
+    env.update(extra_env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "tieredkv_agent.cli", "run"], env=env, stderr=subprocess.DEVNULL
     )

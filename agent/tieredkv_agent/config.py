@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tieredkv_common import agent_limits as lim
@@ -33,6 +33,12 @@ class FileSource(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config file must hold a mapping of settings")
         return data
+
+
+IO_THREADS: dict[str, tuple[int, int]] = {"local": (4, 4), "network": (16, 16)}
+"""Default (read, write) file-tier threads per `volume_latency`, picked from bench/vllm_fs_io.py runs on 2
+cores: on a local disk 4 + 4 moved the most bytes per CPU second (more threads only fight over the GIL);
+with 1 ms per file operation (a network volume) throughput grows with threads up to vLLM's 16 + 16."""
 
 
 class AgentSettings(BaseSettings):
@@ -67,10 +73,13 @@ class AgentSettings(BaseSettings):
     """Directory of the node socket vLLM instances connect to (agent mode)."""
 
     # File-tier I/O.
+    volume_latency: Literal["local", "network"] = "local"
+    """What one file operation on the volume costs: local (a disk) or network (~1 ms a round trip); picks
+    the thread counts below (IO_THREADS: 4 + 4 or 16 + 16) where they are not set."""
     read_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
-    """File-tier threads that serve loads (read priority)."""
+    """File-tier threads that serve loads (read priority); unset: by volume_latency."""
     write_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
-    """File-tier threads that serve stores (write priority)."""
+    """File-tier threads that serve stores (write priority); unset: by volume_latency."""
     ram_tier_bytes: int = Field(default=0, ge=lim.MIN_RAM_TIER_BYTES)
     """Bytes of the node RAM tier in front of the file tier (0: none)."""
     ram_tier_block_bytes: int | None = Field(default=None, gt=0)
@@ -138,6 +147,34 @@ class AgentSettings(BaseSettings):
     """Seconds between the walks of the volume's file names that rebuild the membership summary."""
     events_max_queue: int = Field(default=100_000, ge=16, le=10_000_000)
     """Changes waiting for the publisher thread; beyond, a change is dropped and counted, never waited for."""
+    events_kinds: list[Literal["BlockStored", "BlockRemoved", "AllBlocksCleared"]] = Field(
+        default=["BlockStored", "BlockRemoved", "AllBlocksCleared"], min_length=1
+    )
+    """Event kinds published (a JSON list in the environment); the others are counted as filtered."""
+    events_models: list[str] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
+    """Models (as vLLM serves them) whose events are published; empty: every model."""
+    events_groups: list[int] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
+    """KV-cache group indexes whose block events are published; empty: every group."""
+
+    @field_validator("events_kinds", "events_models", "events_groups", mode="before")
+    @classmethod
+    def _json_list(cls, value: object) -> object:
+        """A JSON list given as text (how the operator renders it, also when passed as an argument)."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"expected a JSON list, got {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _thread_defaults(self) -> Self:
+        reads, writes = IO_THREADS[self.volume_latency]
+        if "read_threads" not in self.model_fields_set:
+            self.read_threads = reads
+        if "write_threads" not in self.model_fields_set:
+            self.write_threads = writes
+        return self
 
     @model_validator(mode="after")
     def _watermarks(self) -> Self:

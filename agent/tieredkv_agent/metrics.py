@@ -283,6 +283,11 @@ class EventsCollector(Collector):
                 s and s.dropped_events,
             ),
             ("tieredkv_events_replays", "Replay requests served", s and s.replays),
+            (
+                "tieredkv_events_filtered",
+                "Block changes not published because spec.events.filter leaves them out",
+                s and s.filtered_events,
+            ),
         ]
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=float(value or 0))

@@ -156,6 +156,7 @@ def kv_events(settings: AgentSettings, metrics: AgentMetrics, manager: CapacityM
     if events is not None:
         metrics.events.publisher = events.publisher
         manager.on_evicted = events.blocks.evicted
+        manager.on_leader_gained = events.walk_now
         events.start(lambda: manager.is_leader, native=settings.mode == "native")
     return events
 

@@ -85,3 +85,8 @@ REFUSAL_REASONS = (
     "accept_error",
 )
 """Values of the `reason` label of `tieredkv_api_refusals_total` (bounded: nothing else is counted)."""
+
+MAX_EVENTS_FILTER_ITEMS: Final = 64
+"""Most models, or KV-cache groups, one `spec.events.filter` may name (both bounds are the CR's too)."""
+MAX_MODEL_NAME_BYTES: Final = 256
+"""Longest model name a `spec.events.filter.models` entry may be."""

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="print the cluster's state as JSON")
     demo_parser = sub.add_parser("demo", help="bring the cluster up, install tieredkv, run the quickstart")
     demo_parser.add_argument(
-        "--scenario", default="share", help="share (default), native, standin or seed-mismatch"
+        "--scenario", default="share", help="share (default), native, standin, seed-mismatch or events"
     )
     sim = sub.add_parser("sim", help="(internal) run the node simulator")
     sim.add_argument("--nodes", type=int, default=2)

@@ -1,11 +1,13 @@
 """`make demo`: the local control plane (or an opted-in cluster), the Helm chart, and two engines sharing
 one TieredKVCache: engine A stores its prompts, engine B then loads the shared ones from A's blocks. The
 engines are real `vllm serve` servers (`SCENARIO=share`, the default, and `native`; see demo_vllm) or
-tieredkv's stand-in engine (`SCENARIO=standin`, and `seed-mismatch` which builds on it).
+tieredkv's stand-in engine (`SCENARIO=standin`, and `seed-mismatch` and `events` which build on it).
 
 Steps print their durations; the end is a short report (blocks, hit ratio, bytes, files on the volume,
 GC usage, a Prometheus to query). `SCENARIO=seed-mismatch` adds an engine whose seed differs and shows
 the loud failure: the refused Hello, the cache's SeedConsistent=False, and the alert firing.
+`SCENARIO=events` turns KV events on and ends with a router's view of the cache next to the files on the
+volume, before and after a GC pass (demo_events).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tieredkv_devcluster import controlplane, demo_vllm, paths, scenario, testing
+from tieredkv_devcluster import controlplane, demo_events, demo_vllm, paths, scenario, testing
 from tieredkv_devcluster.paths import StateLayout
 from tieredkv_devcluster.prometheus import Prometheus
 
@@ -42,6 +44,7 @@ SCENARIOS = {
     "native": "the same in native mode: vLLM's own fs tier writes the volume",
     "standin": "tieredkv's stand-in engines instead of vLLM (fast; no model)",
     "seed-mismatch": "the stand-in scenario plus an engine with another seed: refused Hello, alert",
+    "events": "the stand-in scenario with KV events: a router's view of the cache beside its files after GC",
 }
 
 
@@ -55,6 +58,8 @@ def run(state_dir: Path, scenario_name: str = "share") -> int:
     docs = scenario.manifests(
         NS, simulated=kube.layout is not None, storage_class=scenario.storage_class(kube)
     )
+    if scenario_name == "events":
+        demo_events.cache_overrides(docs)
     _fresh_namespace(kube)
     scenario.apply(kube, [d for d in docs if d["kind"] == "Namespace"])  # the chart's Roles go in it
     _install_chart(kube)
@@ -71,6 +76,9 @@ def run(state_dir: Path, scenario_name: str = "share") -> int:
     _report(kube, first, second, prometheus, since=b_finished)
     if scenario_name == "seed-mismatch":
         _seed_mismatch(kube, prometheus)
+    if scenario_name == "events":
+        targets = scenario.agent_targets(kube, NS, CACHE)
+        demo_events.show(kube, NS, CACHE, lambda since: _after_gc_pass(targets, since))
     print(f"\nexport KUBECONFIG={kube.kubeconfig}\nmake demo-down    # stops everything the demo started")
     return 0
 

@@ -6,7 +6,7 @@ CRD carries only what a Kubernetes 1.20 API server can check (types, enums, rang
 """
 
 from enum import StrEnum
-from typing import Final, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import Field, JsonValue, NonNegativeInt, field_validator, model_validator
 
@@ -267,6 +267,35 @@ METRICS_PORT: Final = 9400
 """The agents' metrics port (rendered by resources/agents.py; the events ports must not take it)."""
 
 
+class EventKind(StrEnum):
+    BLOCK_STORED = "BlockStored"
+    BLOCK_REMOVED = "BlockRemoved"
+    ALL_BLOCKS_CLEARED = "AllBlocksCleared"
+
+
+ModelName = Annotated[
+    str, Field(min_length=1, max_length=lim.MAX_MODEL_NAME_BYTES, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+
+class EventsFilterSpec(CamelModel):
+    """Which KV events the agents publish (docs/events.md#filter); each list left empty means all."""
+
+    kinds: list[EventKind] = Field(default_factory=lambda: list(EventKind), min_length=1, max_length=3)
+    """Event kinds to publish: BlockStored, BlockRemoved, AllBlocksCleared (default: all three)."""
+    models: list[ModelName] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
+    """Publish only the events of these models (names as vLLM serves them); empty: every model."""
+    groups: list[NonNegativeInt] = Field(default_factory=list, max_length=lim.MAX_EVENTS_FILTER_ITEMS)
+    """Publish only block events of these KV-cache groups (group_idx); empty: every group."""
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct_kinds(cls, value: list[EventKind]) -> list[EventKind]:
+        if len(set(value)) < len(value):
+            raise ValueError(f"events.filter.kinds names a kind twice: {[k.value for k in value]}")
+        return value
+
+
 class EventsSpec(CamelModel):
     """KV events for prefix-aware routers (docs/events.md): the agents publish, in vLLM's KV-events format,
     every block file that appears on the volume and every one GC deletes."""
@@ -279,6 +308,8 @@ class EventsSpec(CamelModel):
     """Port of the agents' replay socket, where late subscribers ask for missed batches."""
     summary_port: int = Field(default=5559, ge=1024, le=65535)
     """HTTP port of the agents' membership summary for polling routers."""
+    filter: EventsFilterSpec = EventsFilterSpec()
+    """Which events are published (by kind, model, KV-cache group); the default publishes all."""
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Self:

@@ -24,6 +24,13 @@ class OperatorProcess:
             "KUBECONFIG": str(kube.kubeconfig),
             "TIEREDKV_OPERATOR_DRIFT_INTERVAL_SECONDS": "2",
             "TIEREDKV_OPERATOR_AGENT_POD_ANNOTATIONS": json.dumps(SIM_ANNOTATIONS),
+            # this checkout's code, not whichever checkout the shared venv's editable install points at
+            "PYTHONPATH": os.pathsep.join(
+                [
+                    *(str(paths.REPO_ROOT / d) for d in ("operator", "agent", "common")),
+                    os.environ.get("PYTHONPATH", ""),
+                ]
+            ),
         }
         self.env.update({f"TIEREDKV_OPERATOR_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen[bytes] | None = None

@@ -82,6 +82,27 @@ SUB_PATHS = mostly(
     st.sampled_from([None, "a", "a/b", "ok-dir", "x" * 200]),
     st.sampled_from(["a" * 300, "../x", "a//b", "a\nb", "/abs", "a" * 1024]),
 )
+EVENT_KINDS = mostly(
+    st.lists(
+        st.sampled_from(["BlockStored", "BlockRemoved", "AllBlocksCleared"]),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    ),
+    st.sampled_from([[], ["BlockEvicted"], ["BlockStored", "BlockStored"]]),
+)
+MODEL_NAMES = mostly(
+    st.sampled_from(["org/model", "meta-llama/Llama-3.1-8B-Instruct", "m,odel [x]", "modèle", "x" * 256]),
+    st.sampled_from(["", "a\nb", "x" * 257, "tab\tname"]),
+)
+EVENTS_FILTERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "kinds": EVENT_KINDS,
+        "models": st.lists(MODEL_NAMES, max_size=3),
+        "groups": st.lists(mostly(st.integers(0, 3), st.integers(-2, -1)), max_size=3),
+    },
+)
 LOW = mostly(st.sampled_from([0.0001, 0.5, 0.8]), st.sampled_from([0, 1, 1.5, -0.1, 0.95]))
 HIGH = mostly(st.sampled_from([0.85, 0.9, 1]), st.sampled_from([0, 1.5, 0.5]))
 
@@ -110,6 +131,8 @@ def specs(draw: Callable[[Any], Any]) -> tuple[str, dict[str, Any]]:
         "selector": {"matchLabels": draw(st.dictionaries(LABEL_KEYS, LABEL_VALUES, min_size=1, max_size=2))},
     }
     spec = {"storage": storage, "vllm": vllm, "agent": agent, "capacity": capacity}
+    if draw(st.booleans()):
+        spec["events"] = {"enabled": draw(st.booleans()), "filter": draw(EVENTS_FILTERS)}
     return draw(NAMES), spec
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.k8s
 
 REPO = Path(__file__).resolve().parents[2]
 CODE_PATH = f"{REPO / 'agent'}:{REPO / 'common'}"
-"""The checkout's agent code, for the plugin and the test pod (the venv's own copy may be another tree's)."""
+"""The checkout's agent code for the test pod's client (its own PYTHONPATH replaces the simulator's)."""
 AGENT_CSI = {
     "version": "0.33",
     "mode": "agent",
@@ -71,8 +71,6 @@ def _install_csi_driver(api: client.ApiClient, ns: str) -> None:
         if exc.status != 409:
             raise
     daemon_set["metadata"]["namespace"] = ns
-    container = daemon_set["spec"]["template"]["spec"]["containers"][0]
-    container["env"].append({"name": "PYTHONPATH", "value": CODE_PATH})
     client.AppsV1Api(api).create_namespaced_daemon_set(ns, daemon_set)
 
 

@@ -108,11 +108,18 @@ class PausingOps(FileOps):
         wait_for_parent()
         raise AssertionError("unreachable")
 
-    def link(self, src: str, dst: str) -> None:
+    def _publishing(self, src: str) -> None:
         self.renames += 1
         if self.renames == self.pause_rename:
             announce(f"paused {src}")
             wait_for_parent()
+
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        self._publishing(src)
+        super().rename_noreplace(src, dst)
+
+    def link(self, src: str, dst: str) -> None:
+        self._publishing(src)
         super().link(src, dst)
 
 

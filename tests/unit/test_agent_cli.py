@@ -20,6 +20,8 @@ pytestmark = pytest.mark.unit
 
 def agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TIEREDKV_")}
+    here = [str(Path(__file__).resolve().parents[2] / d) for d in ("operator", "agent", "common")]
+    clean["PYTHONPATH"] = os.pathsep.join([*here, clean.get("PYTHONPATH", "")])  # this checkout's code
     return subprocess.run(
         [sys.executable, "-m", "tieredkv_agent.cli", *args],
         env={**clean, **env},

@@ -9,7 +9,14 @@ import msgspec
 import pytest
 import zmq
 
-from tieredkv_agent.events import Change, KvEventPublisher, PublisherLimits, pool_identity, topic_for
+from tieredkv_agent.events import (
+    Change,
+    EventFilter,
+    KvEventPublisher,
+    PublisherLimits,
+    pool_identity,
+    topic_for,
+)
 from tieredkv_agent.events.wire import END_SEQ, AllBlocksCleared, BlockRemoved, BlockStored, decode_batch
 
 pytestmark = pytest.mark.unit
@@ -26,8 +33,10 @@ def ctx() -> Iterator[Ctx]:
     context.destroy(linger=0)
 
 
-def publisher(limits: PublisherLimits | None = None) -> KvEventPublisher:
-    return KvEventPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", limits)
+def publisher(
+    limits: PublisherLimits | None = None, event_filter: EventFilter | None = None
+) -> KvEventPublisher:
+    return KvEventPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", limits, event_filter)
 
 
 def subscribe(ctx: Ctx, pub: KvEventPublisher, topic: str = "") -> Sock:

@@ -126,13 +126,21 @@ def walker(tmp_path: Path, *, native: bool) -> tuple[MembershipSummary, Recorder
     events = BlockEvents(sink, "pool:ns/c")
     events.root = tmp_path
     summary = MembershipSummary(tmp_path)
-    summary.on_walk = WalkAnnouncer(events, lambda: leader[0], announce_new=native)
+    WalkAnnouncer(events, lambda: leader[0], announce_new=native).attach(summary)
     return summary, sink, leader, namespace.config_dir.name
 
 
 def announced(sink: Recorder) -> list[bytes]:
-    assert all(not c.removed and c.topic == "kv@pool:ns/c@org/model" for c in sink.changes)
-    return sorted(c.block_hash for c in sink.changes)
+    """The blocks announced stored (a snapshot's clears, which come first, left out)."""
+    assert all(c.topic == "kv@pool:ns/c@org/model" for c in sink.changes)
+    stored = [c for c in sink.changes if not c.cleared]
+    assert all(not c.removed for c in stored)
+    return sorted(c.block_hash for c in stored)
+
+
+def snapshots(sink: Recorder) -> int:
+    """How many snapshots began (each with its clear, before any of its blocks)."""
+    return sum(c.cleared for c in sink.changes)
 
 
 def test_a_leader_announces_the_whole_volume_on_its_first_walk_and_native_files_on_later_ones(
@@ -147,9 +155,10 @@ def test_a_leader_announces_the_whole_volume_on_its_first_walk_and_native_files_
     for n in range(10):
         put(blocks_dir, n)
     summary.rebuild()
+    assert sink.changes[0].cleared and snapshots(sink) == 1
     assert announced(sink) == sorted([block_hash(n) for n in range(10)] + [zero_tail])
     assert {c.group_idx for c in sink.changes if c.block_hash == zero_tail} == {2}
-    assert {c.ownership for c in sink.changes} == {name}
+    assert {c.ownership for c in sink.changes if not c.cleared} == {name}
     sink.changes.clear()
     for n in range(10, 13):  # vLLM's fs tier wrote these: no agent store announced them
         put(blocks_dir, n)
@@ -175,6 +184,7 @@ def test_agent_mode_announces_only_the_snapshot_and_a_follower_nothing_until_it_
     leader[0] = True
     summary.rebuild()  # leadership regained: a fresh snapshot
     assert announced(sink) == sorted([block_hash(1), block_hash(1), block_hash(2)])
+    assert snapshots(sink) == 2
 
 
 def test_a_walked_file_gc_deleted_before_its_announcement_is_announced_stored_then_removed(

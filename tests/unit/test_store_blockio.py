@@ -78,6 +78,10 @@ class RecordingOps(FileOps):
         self.calls.append("link")
         super().link(src, dst)
 
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        self.calls.append("rename_noreplace")
+        super().rename_noreplace(src, dst)
+
 
 class FailingOps(FileOps):
     """Raises OSError(code) from one named call, lets every other call through."""
@@ -201,6 +205,9 @@ def test_an_existing_block_is_never_rewritten(files: BlockFiles, tmp_path: Path)
 
 def test_publishing_onto_a_name_another_writer_just_took_counts_as_success(tmp_path: Path) -> None:
     class AnotherWriterWins(FileOps):
+        def rename_noreplace(self, src: str, dst: str) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument", dst)  # a volume without RENAME_NOREPLACE
+
         def link(self, src: str, dst: str) -> None:
             Path(dst).write_bytes(payload(seed=3))
             super().link(src, dst)
@@ -214,6 +221,9 @@ def test_publishing_onto_a_name_another_writer_just_took_counts_as_success(tmp_p
 
 def test_a_filesystem_without_hard_links_publishes_by_rename(tmp_path: Path) -> None:
     class NoHardLinks(FileOps):
+        def rename_noreplace(self, src: str, dst: str) -> None:
+            raise OSError(errno.ENOSYS, "Function not implemented", dst)
+
         def link(self, src: str, dst: str) -> None:
             raise OSError(errno.EPERM, "Operation not permitted", dst)
 
@@ -399,7 +409,7 @@ def test_a_volume_filling_mid_write_is_reported_as_no_space_not_as_a_short_write
 
 @pytest.mark.parametrize(
     ("durability", "expected"),
-    [(Durability.NONE, ["link"]), (Durability.FDATASYNC, ["fdatasync", "link"])],
+    [(Durability.NONE, ["rename_noreplace"]), (Durability.FDATASYNC, ["fdatasync", "rename_noreplace"])],
 )
 def test_fdatasync_runs_before_the_publish_only_when_asked(
     tmp_path: Path, durability: Durability, expected: list[str]
@@ -448,3 +458,34 @@ def test_the_probe_says_no_when_the_volume_rejects_o_direct(tmp_path: Path) -> N
     assert probe_o_direct(tmp_path, ops=RejectsDirect()) is False
     assert list(tmp_path.iterdir()) == []
     assert BlockFiles.for_volume(tmp_path, ops=RejectsDirect()).direct is False
+
+
+def test_publishing_by_renameat2_onto_a_name_another_writer_just_took_keeps_the_winner(
+    tmp_path: Path,
+) -> None:
+    class AnotherWriterWins(RecordingOps):
+        def rename_noreplace(self, src: str, dst: str) -> None:
+            Path(dst).write_bytes(payload(seed=3))
+            super().rename_noreplace(src, dst)
+
+    ops = AnotherWriterWins()
+    result = BlockFiles(direct=False, ops=ops).store(key_path(tmp_path), payload())
+    assert result.status is StoreStatus.ALREADY_PRESENT
+    assert Path(key_path(tmp_path)).read_bytes() == payload(seed=3)
+    assert leftovers(tmp_path) == []
+    assert ops.calls == ["rename_noreplace"]  # no link: renameat2 answered EEXIST itself
+
+
+def test_a_volume_without_renameat2_publishes_by_link_from_then_on(tmp_path: Path) -> None:
+    class NoRenameat2(RecordingOps):
+        def rename_noreplace(self, src: str, dst: str) -> None:
+            self.calls.append("rename_noreplace")
+            raise OSError(errno.EINVAL, "Invalid argument", dst)
+
+    ops = NoRenameat2()
+    files = BlockFiles(direct=False, ops=ops)
+    assert files.store(key_path(tmp_path, 1), payload(seed=1)).status is StoreStatus.STORED
+    assert files.store(key_path(tmp_path, 2), payload(seed=2)).status is StoreStatus.STORED
+    assert ops.calls == ["rename_noreplace", "link", "link"]
+    assert Path(key_path(tmp_path, 2)).read_bytes() == payload(seed=2)
+    assert leftovers(tmp_path) == []

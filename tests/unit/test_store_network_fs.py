@@ -49,9 +49,9 @@ class StaleOps(FileOps):
         self._stale("preadv")
         return super().preadv(fd, buffers, offset)
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str, *, chmod: bool = True) -> None:
         self._stale("makedirs")
-        super().makedirs(path)
+        super().makedirs(path, chmod=chmod)
 
 
 @pytest.mark.parametrize("call", ["open", "preadv"])
@@ -92,8 +92,8 @@ def test_a_mkdir_failing_because_another_client_created_the_directory_meanwhile_
     class RacedMkdir(FileOps):
         """The directory appears (the other client's mkdir) and this client's mkdir fails with EIO."""
 
-        def makedirs(self, path: str) -> None:
-            super().makedirs(path)
+        def makedirs(self, path: str, *, chmod: bool = True) -> None:
+            super().makedirs(path, chmod=chmod)
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     path = _path(tmp_path)
@@ -105,7 +105,7 @@ def test_a_mkdir_failing_without_creating_the_directory_fails_the_store_with_its
     tmp_path: Path,
 ) -> None:
     class BrokenMkdir(FileOps):
-        def makedirs(self, path: str) -> None:
+        def makedirs(self, path: str, *, chmod: bool = True) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     result = BlockFiles(direct=False, ops=BrokenMkdir()).store(_path(tmp_path), _payload())

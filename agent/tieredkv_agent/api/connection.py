@@ -3,13 +3,14 @@
 Threads:
 
 * `tkv-api-conn-<n>` (`run`): receives bytes and the region descriptor (`recvmsg`, SCM_RIGHTS), decodes
-  frames, runs the connection's `Session`, answers Hellos and Lookups and submits Store/Load jobs. A store
-  reads its slots from the region descriptor into a staging buffer here (`engine.region`);
+  frames, runs the connection's `Session`, answers Hellos and Lookups and submits Store/Load jobs. A staged
+  store reads its slots from the region descriptor into a staging buffer here (`engine.region`);
 * `tkv-api-out-<n>` (the `Outbox`): sends every reply; a load's region write runs there before its JobDone,
   and a job's later chunks are staged there (`tieredkv_agent.api.jobs`);
 * the tiers' threads call each job's completion sink, which only queues work for the outbox.
 
-The region is never mapped: whatever the client does to its file, a job fails, never the agent. When the
+The region is mapped, but only the kernel reads or writes it (in-place jobs hand its views to system calls
+only): whatever the client does to its file, a job fails, never the agent. When the
 connection ends, its queued blocks are cancelled (`gone`), running I/O finishes, results are dropped and
 the region descriptor closes with the last job.
 """
@@ -227,6 +228,7 @@ class Connection:
                 self.send(verdict.reply)
             return
         self.region = ClientRegion(fd, size, hello.profile.block_bytes)
+        self.region.map()
         self.namespace = self.server.namespace(hello.profile.namespace, hello.run_config)
         log.info("%s: hello from %r (vllm %r)", self.name, hello.instance_id, hello.vllm_version)
         if verdict.reply is not None:

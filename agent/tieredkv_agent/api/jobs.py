@@ -1,14 +1,18 @@
 """A connection's Store and Load jobs, staged and run chunk by chunk within the staging budgets.
 
-The agent never maps a client's region (see `tieredkv_agent.engine.region`): a job's blocks move through
-an agent-owned staging buffer. So that a job of any size (a 32k-token prompt is gigabytes of KV) costs at
-most one chunk of memory, a job runs as consecutive chunks of at most `chunk_bytes`::
+The agent never touches a client's region from user space (see `tieredkv_agent.engine.region`): a tier
+whose `kernel_only_views` is true (the file tier) gets views of the mapped region, which only system
+calls read or fill (in place); any other tier gets an agent-owned staging buffer. So that a job of any
+size (a 32k-token prompt is gigabytes of KV) costs at most one chunk of memory, and in-place jobs are
+bounded the same way, a job runs as consecutive chunks of at most `chunk_bytes`::
 
     stage chunk: reserve the budgets (this connection's, the agent's) ─ spent ─► wait (no refusal)
-                 take a staging buffer; a store preads its slots from the region descriptor
+                 in place: views of the region's slots; staged: take a staging buffer, and a store
+                 preads its slots from the region descriptor
     the tier runs the chunk as one BlockJob
-    chunk done:  a load pwrites the loaded blocks into the region; the buffer goes back, budgets too;
-                 the next chunk is staged, or the job's one JobDone (and maybe a Drained) is sent
+    chunk done:  staged: a load pwrites the loaded blocks into the region, the buffer goes back;
+                 in place: failed keys of a region that shrank are the region's fault (REGION);
+                 budgets go back; the next chunk is staged, or the job's JobDone (and maybe a Drained)
 
 Threads: the first chunk is staged on the connection's reader thread; every later step runs on its writer
 thread (the outbox), where the tiers' completion sinks defer it. A chunk waiting for budget is retried on
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING
 from tieredkv_agent.api.protocol import Load, ServerMessage, Store
 from tieredkv_agent.api.session import job_done
 from tieredkv_agent.engine.jobs import BlockJob, JobKind, JobResult, KeyStatus
-from tieredkv_agent.engine.region import ClientRegion, RegionError, Staging
+from tieredkv_agent.engine.region import ClientRegion, RegionError, SlotViews, Staging
 
 if TYPE_CHECKING:
     from tieredkv_agent.api.connection import Connection
@@ -48,6 +52,7 @@ class StagedJob:
         self.statuses: list[KeyStatus] = [KeyStatus.CANCELLED] * count
         self.moved = 0
         self.started = time.monotonic()
+        self.in_place = bool(getattr(connection.server.tier, "kernel_only_views", False))
 
     @property
     def next_chunk_bytes(self) -> int:
@@ -65,19 +70,9 @@ class StagedJob:
             connection.release_staging((end - start) * region.block_bytes)
             connection.outbox.defer(lambda _sendable: self.report())
             return
-        try:
-            staging = Staging(end - start, region.block_bytes, connection.server.staging)
-        except (OSError, MemoryError) as exc:  # no memory for the chunk: its keys fail, nothing leaks
-            log.error("%s: job %d: no memory to stage a chunk: %s", connection.name, self.message.job_id, exc)
-            self._chunk_failed(start, end, None, KeyStatus.FAILED)
+        staging = self._chunk_buffer(start, end, slots)
+        if staging is None:
             return
-        if self.kind is JobKind.STORE:
-            try:
-                region.read_slots(slots, staging.base)
-            except RegionError as exc:
-                connection.server.refuse("region_io", f"{connection.name}: job {self.message.job_id}: {exc}")
-                self._chunk_failed(start, end, staging, KeyStatus.REGION)
-                return
         blocks = list(zip(self.message.keys[start:end], staging.views, strict=True))
         assert connection.namespace is not None  # jobs are accepted only after the Hello
         sub = BlockJob(self.message.job_id, connection.namespace, blocks, cancelled=connection.gone)
@@ -96,19 +91,45 @@ class StagedJob:
         except Exception:
             self._chunk_failed(start, end, staging, KeyStatus.FAILED)
 
-    def _chunk_failed(self, start: int, end: int, staging: Staging | None, status: KeyStatus) -> None:
+    def _chunk_buffer(self, start: int, end: int, slots: list[int]) -> Staging | SlotViews | None:
+        """In place, the slots' views; else a staging buffer, which a store fills from the region.
+        None when the chunk failed here (it is settled already)."""
+        connection, region = self.connection, self.region
+        in_place = region.slot_views(slots) if self.in_place else None
+        if in_place is not None:
+            return in_place
+        try:
+            staging = Staging(end - start, region.block_bytes, connection.server.staging)
+        except (OSError, MemoryError) as exc:  # no memory for the chunk: its keys fail, nothing leaks
+            log.error("%s: job %d: no memory to stage a chunk: %s", connection.name, self.message.job_id, exc)
+            self._chunk_failed(start, end, None, KeyStatus.FAILED)
+            return None
+        if self.kind is JobKind.STORE:
+            try:
+                region.read_slots(slots, staging.base)
+            except RegionError as exc:
+                connection.server.refuse("region_io", f"{connection.name}: job {self.message.job_id}: {exc}")
+                self._chunk_failed(start, end, staging, KeyStatus.REGION)
+                return None
+        return staging
+
+    def _chunk_failed(
+        self, start: int, end: int, staging: Staging | SlotViews | None, status: KeyStatus
+    ) -> None:
         """The chunk never reached the tier: settle it and go on (reader or writer thread)."""
         result = JobResult(self.message.job_id, self.kind, (), tuple([status] * (end - start)), 0, 0.0)
         self.connection.outbox.defer(lambda sendable: self.chunk_done(start, staging, result, sendable))
 
     def chunk_done(
-        self, start: int, staging: Staging | None, result: JobResult, sendable: bool
+        self, start: int, staging: Staging | SlotViews | None, result: JobResult, sendable: bool
     ) -> list[ServerMessage]:
         """Write a load's blocks back, free the chunk, stage the next or report the job (writer thread)."""
         connection = self.connection
         statuses = list(result.statuses)
         try:
-            if self.kind is JobKind.LOAD and sendable and connection.alive and staging is not None:
+            if isinstance(staging, SlotViews):
+                statuses = self._blame_region(statuses)
+            elif self.kind is JobKind.LOAD and sendable and connection.alive and staging is not None:
                 statuses = self._write_back(start, staging, statuses)
         finally:
             if staging is not None:
@@ -134,6 +155,15 @@ class StagedJob:
             )
             return [KeyStatus.REGION if status.ok else status for status in statuses]
         return statuses
+
+    def _blame_region(self, statuses: list[KeyStatus]) -> list[KeyStatus]:
+        """In place: keys that failed while the region file was shrunk failed because of it (REGION)."""
+        if KeyStatus.FAILED not in statuses or not self.region.shrunk():
+            return statuses
+        self.connection.server.refuse(
+            "region_io", f"{self.connection.name}: job {self.message.job_id}: the region file shrank"
+        )
+        return [KeyStatus.REGION if status is KeyStatus.FAILED else status for status in statuses]
 
     def report(self) -> list[ServerMessage]:
         """The JobDone, and the Drained it completes, if any (writer thread); unsent chunks: CANCELLED."""

@@ -4,8 +4,10 @@ Threads:
 
 * `put` (a reply) and `defer` (work whose replies follow, e.g. a load's region write and its JobDone):
   any thread (the connection's reader, the tiers' I/O and copy threads). Neither ever waits for the client;
-* `tkv-api-out-<n>`: the writer thread. It runs deferred work and sends frames in queue order. The socket
-  has a send timeout (`SO_SNDTIMEO`), so a client that stops reading fails the send after that long;
+* `tkv-api-out-<n>`: the writer thread. It takes everything queued at once, runs deferred work and sends
+  the frames in queue order, joined into one send per batch (many JobDones, one system call and one
+  wake-up of the client's reader). The socket has a send timeout (`SO_SNDTIMEO`), so a client that stops
+  reading fails the send after that long;
 * `close`: the connection's reader thread when it ends, or the agent's main thread at shutdown.
 
 Bounds: frames queued and unsent are at most `max_bytes`; a `put` beyond that calls `on_overflow` once and
@@ -109,34 +111,24 @@ class Outbox:
             self._closing = True
             self._cond.notify()
 
-    def _next(self) -> bytes | Deferred | None:
+    def _next_batch(self) -> list[bytes | Deferred]:
+        """Everything queued, in order; empty once closed and drained (the writer thread)."""
         with self._cond:
             while not self._items and not self._closing:
                 self._cond.wait()
             if not self._items:
                 self._running = False
-                return None
-            item = self._items.popleft()
-            if isinstance(item, bytes):
-                self._queued -= len(item)
-            return item
+                return []
+            batch = list(self._items)
+            self._items.clear()
+            self._queued -= sum(len(item) for item in batch if isinstance(item, bytes))
+            return batch
 
     def _run(self) -> None:
         """Send frames and run deferred work in order until closed and empty (the writer thread)."""
         try:
-            while (item := self._next()) is not None:
-                if isinstance(item, bytes):
-                    self._send(item)
-                    continue
-                try:
-                    replies = item(self._sendable)
-                except Exception:  # one failed piece of work must not stop the others (they free budgets)
-                    log.exception("%s: deferred work failed", self.thread.name)
-                    continue
-                for reply in replies:
-                    with self._encode_lock:
-                        frame = self._encoder.encode(reply)
-                    self._send(frame)
+            while batch := self._next_batch():
+                self._send(b"".join(self._frames(batch)))
         except Exception:
             log.exception("%s: writer failed", self.thread.name)
             self._fail("writer failed")
@@ -147,8 +139,24 @@ class Outbox:
             for work in leftover:
                 work(False)
 
+    def _frames(self, batch: list[bytes | Deferred]) -> list[bytes]:
+        """The batch's frames in order, deferred work run in its place (the writer thread)."""
+        frames: list[bytes] = []
+        for item in batch:
+            if isinstance(item, bytes):
+                frames.append(item)
+                continue
+            try:
+                replies = item(self._sendable)
+                if replies:
+                    with self._encode_lock:
+                        frames.extend([self._encoder.encode(reply) for reply in replies])
+            except Exception:  # one failed piece of work must not stop the others (they free budgets)
+                log.exception("%s: deferred work failed", self.thread.name)
+        return frames
+
     def _send(self, frame: bytes) -> None:
-        if not self._sendable:
+        if not frame or not self._sendable:
             return
         try:
             self._sock.sendall(frame, socket.MSG_NOSIGNAL)

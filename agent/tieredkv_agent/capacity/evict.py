@@ -18,11 +18,12 @@ unknown files to the scan and are left to the NFS client.)
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tieredkv_agent.capacity import layout
 from tieredkv_agent.capacity.scan import PREFIXES_PER_TASK, MtimeHistogram
@@ -139,6 +140,23 @@ class _Walk:
             self._prefix(out, path)
         return out
 
+    def targeted(self, leaves: list[tuple[str, list[str]]]) -> EvictionResult:
+        """Delete the planned blocks in just these leaves of some `<h[0:3]>` directories (a worker thread);
+        a prefix directory left empty by this is removed too."""
+        out = EvictionResult()
+        for prefix_path, names in leaves:
+            if self.should_stop():
+                out.stopped = True
+                break
+            prefix = prefix_path.rpartition("/")[2]
+            removed = 0
+            for name in names:
+                if self._leaf(out, f"{prefix_path}/{name}", layout.leaf_stem(prefix, name)):
+                    removed += 1
+            if removed and self._rmdir(prefix_path):  # rmdir only succeeds on an empty directory
+                out.removed_dirs += 1
+        return out
+
     def _prefix(self, out: EvictionResult, path: str) -> None:
         prefix = path.rpartition("/")[2]
         leaves = removed = 0
@@ -206,10 +224,13 @@ def evict(
     should_stop: Callable[[], bool] = lambda: False,
     record_limit: int = 1000,
     on_evicted: EvictedHook | None = None,
+    leaves: Mapping[str, list[str]] | None = None,
 ) -> EvictionResult:
     """Walk the `<h[0:3]>` directories and delete what `plan` selects (GC thread or CLI main thread).
 
     `on_evicted` hears every deleted block file's path, never in a dry run (the KV events' BlockRemoved).
+    With `leaves` ({prefix path: [leaf names]}, from the scan's index: the leaves that hold blocks old
+    enough for the plan) only those leaves are walked, not every prefix directory.
 
     A leaf (and then a prefix) directory this walk empties is removed at once; a writer that loses
     the race re-creates it (the agent's `BlockFiles` does; vLLM's store of that one block fails).
@@ -224,15 +245,20 @@ def evict(
         record_limit=record_limit,
         on_evicted=on_evicted or _no_hook,
     )
-    paths = list(prefix_dirs)
-    batches = [paths[i : i + PREFIXES_PER_TASK] for i in range(0, len(paths), PREFIXES_PER_TASK)]
+    run: Callable[[Any], EvictionResult]
+    if leaves is not None:
+        work: list[Any] = sorted(leaves.items())
+        run = walk.targeted
+    else:
+        work, run = list(prefix_dirs), walk.batch
+    batches = [work[i : i + PREFIXES_PER_TASK] for i in range(0, len(work), PREFIXES_PER_TASK)]
     if threads <= 1:
-        parts: Iterable[EvictionResult] = map(walk.batch, batches)
+        parts: Iterable[EvictionResult] = map(run, batches)
         for part in parts:
             result.merge(part, record_limit)
         return result
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tieredkv-gc-evict") as pool:
-        for part in pool.map(walk.batch, batches):
+        for part in pool.map(run, batches):
             result.merge(part, record_limit)
     return result
 

@@ -32,6 +32,7 @@ from tieredkv_agent.capacity.evict import (
 )
 from tieredkv_agent.capacity.leader import LeaderElector
 from tieredkv_agent.capacity.scan import Cutoffs, ScanResult, Usage, scan_volume
+from tieredkv_agent.capacity.scan_index import VolumeIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ def measure_pressure(
             need, trigger = fs_need, "filesystem"
     used, size = fs if fs is not None else (None, None)
     return Pressure(usage_bytes, max_bytes, used, size, need, trigger)
+
+
+def _plan_limit_ns(plan: EvictionPlan) -> int:
+    """The newest mtime a block the plan may take can have: the end of its cutoff bucket, or the grace."""
+    return min(plan.evictable_ns, (plan.cutoff_bucket + 1) * plan.width_ns - 1)
 
 
 def filesystem_usage(path: str) -> tuple[int, int]:
@@ -120,6 +126,8 @@ class CapacityManager:
     temp_timeout_s   temp files of stores older than this are orphans and deleted (600 s)
     scan_interval_s  seconds between passes while leader (30 s)
     scan_threads     worker threads for the scan and the eviction walk (4)
+    full_scan_every  passes between scans that read every leaf again (20); the others re-read only
+                     leaves whose directory changed (see `scan_index`)
     watch_filesystem also evict when the filesystem is past the high watermark (True)
     on_evicted       hears the path of every block file a pass deleted (eviction threads; None)
     """
@@ -141,13 +149,16 @@ class CapacityManager:
         fs_usage: Callable[[str], tuple[int, int]] = filesystem_usage,
         record_limit: int = 1000,
         on_evicted: Callable[[str], None] | None = None,
+        full_scan_every: int = 20,
     ) -> None:
         if not 0 < low_watermark < high_watermark <= 1:
             raise ValueError("need 0 < low_watermark < high_watermark <= 1")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError("max_bytes must be positive (or None for the filesystem's size)")
-        if min(grace_s, temp_timeout_s) < 0 or scan_interval_s <= 0 or scan_threads < 1:
-            raise ValueError("grace_s, temp_timeout_s >= 0; scan_interval_s > 0; scan_threads >= 1")
+        if min(grace_s, temp_timeout_s) < 0 or scan_interval_s <= 0 or min(scan_threads, full_scan_every) < 1:
+            raise ValueError(
+                "grace_s, temp_timeout_s >= 0; scan_interval_s > 0; scan_threads, full_scan_every >= 1"
+            )
         self.root = os.fspath(root)
         self.max_bytes = max_bytes
         self.high_watermark = high_watermark
@@ -158,8 +169,11 @@ class CapacityManager:
         self.scan_threads = scan_threads
         self.watch_filesystem = watch_filesystem
         self.record_limit = record_limit
+        self.full_scan_every = full_scan_every
         self.on_evicted = on_evicted
         """Hears each block file a pass deleted (eviction threads): the KV events' BlockRemoved."""
+        self.on_leader_gained: Callable[[], None] | None = None
+        """Hears this agent becoming GC leader (the elector's thread): the KV events' snapshot walk."""
         self._elector = elector
         self._clock = clock
         self._fs_usage = fs_usage
@@ -168,6 +182,8 @@ class CapacityManager:
         self._wake = threading.Event()
         self._full_until = float("-inf")
         self._thread: threading.Thread | None = None
+        self._index = VolumeIndex()
+        """What the last passes recorded per leaf directory (passes hold `_pass_lock`)."""
         self._reset_metrics()
 
     def _reset_metrics(self) -> None:
@@ -233,6 +249,8 @@ class CapacityManager:
     def _on_leader_change(self, leader: bool) -> None:
         """Elector thread: a new leader scans at once instead of after a full interval."""
         self._wake.set()
+        if leader and self.on_leader_gained is not None:
+            self.on_leader_gained()
 
     def _loop(self) -> None:
         """The GC thread."""
@@ -260,7 +278,13 @@ class CapacityManager:
             full = self._clock() < self._full_until
             grace_s = min(self.grace_s, FULL_GRACE_S) if full else self.grace_s
             cutoffs = Cutoffs.at(self._clock(), grace_s, self.temp_timeout_s)
-            scan = scan_volume(self.root, cutoffs, threads=self.scan_threads)
+            if dry_run:
+                index = VolumeIndex()  # a preview reads everything and leaves the passes' index alone
+            elif self._index.passes >= self.full_scan_every:
+                index = self._index = VolumeIndex()
+            else:
+                index = self._index
+            scan = scan_volume(self.root, cutoffs, threads=self.scan_threads, index=index)
             fs = self._fs_usage(self.root) if self.watch_filesystem else None
             pressure = measure_pressure(
                 scan.bytes, self.max_bytes, fs, self.high_watermark, self.low_watermark
@@ -269,6 +293,7 @@ class CapacityManager:
             if full:  # a store found no space (a quota, say): free a watermark band even if none is crossed
                 need = max(need, int(scan.bytes * (1 - self.low_watermark / self.high_watermark)))
             plan = plan_eviction(scan.evictable, need, cutoffs.evictable_ns)
+            leaves = {} if plan.empty else index.candidate_leaves(self.root, _plan_limit_ns(plan))
             eviction = evict(
                 plan,
                 scan.prefix_dirs,
@@ -277,7 +302,9 @@ class CapacityManager:
                 should_stop=self._should_stop if not dry_run else lambda: False,
                 record_limit=self.record_limit,
                 on_evicted=self.on_evicted,
+                leaves=leaves,
             )
+            index.invalidate(leaves)  # re-read what the walk visited: it saw fresher mtimes than recorded
             if dry_run or not self._should_stop():
                 swept = sweep(scan.old_temps, scan.empty_dirs, cutoffs.orphan_temp_ns, dry_run=dry_run)
             else:

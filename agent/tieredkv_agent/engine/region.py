@@ -1,20 +1,30 @@
-"""A client's region, read and written through its file descriptor: the agent never maps client memory.
+"""A client's region: read and written by the kernel only, so the agent never faults on client memory.
 
 A vLLM instance hands the agent its CPU region (`/dev/shm/vllm_offload_<engine>.mmap`) as a descriptor.
-Mapping it would let the client kill the agent: a file truncated after the Hello turns every access past
-its new end into SIGBUS. So the agent copies through the kernel instead::
+Touching a mapping of it from user space would let the client kill the agent: a file truncated after the
+Hello turns every access past its new end into SIGBUS. System calls are different: when the kernel copies
+to or from a user address whose page is gone (get_user_pages, copy_to/from_user) the call fails with
+EFAULT or comes back short; no signal is sent. So there are two ways to move a job's bytes:
 
-    store  ClientRegion.read_slots(slots, staging)   preadv(region fd) -> the job's staging buffer
-           (the tiers then write the staging buffer to files and the RAM pool)
-    load   the tiers fill the staging buffer; ClientRegion.write_slots(slots, staging, which)
-           pwritev(staging) -> region fd, only for the keys that were loaded
+    in place  (`ClientRegion.slot_views`, for tiers whose `kernel_only_views` is true: the file tier)
+              the region is mapped once; a job's views are slices of that mapping, and the tier hands them
+              only to system calls: O_DIRECT write(file, region view) on store, preadv(file, [region view])
+              on load. No copy and no staging buffer: what vLLM's own fs tier does. A shrunk region fails
+              the keys (EFAULT, short I/O) and the job names the region (`ClientRegion.shrunk`).
+    staged    (every other tier, e.g. the RAM pool, whose copies run in user space)
+        store ClientRegion.read_slots(slots, staging)   preadv(region fd) -> the job's staging buffer
+        load  the tiers fill the staging buffer; ClientRegion.write_slots(slots, staging, which)
+              pwritev(staging) -> region fd, only for the keys that were loaded
+              A short read or write (the client shrank or lost its file) raises `RegionError`.
 
-A short read or write (the client shrank or lost its file) raises `RegionError`: the job fails for that
-client alone. Staging buffers are anonymous page-aligned mappings owned by the agent (O_DIRECT can use
-them in place); their total is bounded by the staging budgets of the socket server (`api/jobs.py`).
+Staging buffers are anonymous page-aligned mappings owned by the agent (O_DIRECT can use them in place);
+their total is bounded by the staging budgets of the socket server (`api/jobs.py`), which also bound the
+bytes of in-place jobs in flight.
 
-Threads: `read_slots` runs on the connection's reader thread, `write_slots` on its writer thread (the
-outbox), `retain`/`release` on either; pread/pwrite on one descriptor are safe concurrently.
+Threads: `map`, at the Hello, on the connection's reader thread; `read_slots` and `slot_views` on the
+reader or writer thread that stages a chunk, `write_slots` on the writer thread (the outbox),
+`retain`/`release` on either; pread/pwrite on one descriptor are safe concurrently, and views of the
+mapping are only read by the kernel on the tier's I/O threads.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ import mmap
 import os
 import threading
 from collections.abc import Iterator, Sequence
+
+from tieredkv_agent.store.blockio import DIRECT_ALIGNMENT
 
 
 class RegionError(Exception):
@@ -54,6 +66,37 @@ class ClientRegion:
         self._lock = threading.Lock()
         self._users = 1  # the connection itself
         self._closed = False
+        self._map: mmap.mmap | None = None
+        self._base: memoryview | None = None
+
+    def map(self) -> bool:
+        """Map the region for in-place jobs; False (staged jobs only) when it cannot or should not be.
+
+        Only whole pages: a block size that is not a multiple of DIRECT_ALIGNMENT would put views off
+        O_DIRECT's alignment, and the file tier would then copy them through a bounce buffer in user space.
+        """
+        if self.block_bytes % DIRECT_ALIGNMENT or self.size < self.block_bytes:
+            return False
+        try:
+            self._map = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError):
+            return False
+        self._base = memoryview(self._map)
+        return True
+
+    def slot_views(self, slots: Sequence[int]) -> SlotViews | None:
+        """The slots as views of the mapping, for system calls only; None when the region is not mapped."""
+        base, size = self._base, self.block_bytes
+        if base is None:
+            return None
+        return SlotViews([base[slot * size : (slot + 1) * size] for slot in slots])
+
+    def shrunk(self) -> bool:
+        """Whether the region file is now shorter than at the Hello (or cannot be inspected)."""
+        try:
+            return os.fstat(self.fd).st_size < self.size
+        except OSError:
+            return True
 
     def retain(self) -> None:
         """A job starts using the region (reader thread)."""
@@ -70,6 +113,11 @@ class ClientRegion:
             if last:
                 self._closed = True
         if last:
+            if self._base is not None:
+                self._base.release()
+            if self._map is not None:
+                with contextlib.suppress(BufferError):  # a view escaped: the collector unmaps it
+                    self._map.close()
             os.close(self.fd)
 
     def read_slots(self, slots: Sequence[int], staging: memoryview) -> None:
@@ -111,6 +159,20 @@ class ClientRegion:
 
 
 PAGE = mmap.PAGESIZE
+
+
+class SlotViews:
+    """One chunk's slots as views of a mapped region (in place: nothing is staged or written back)."""
+
+    in_place = True
+
+    def __init__(self, views: list[memoryview]) -> None:
+        self.views = views
+
+    def close(self) -> None:
+        """Drop the views once no tier uses them (whichever thread ends the chunk)."""
+        for view in self.views:
+            view.release()
 
 
 def size_class(nbytes: int) -> int:
@@ -158,6 +220,8 @@ class StagingCache:
 
 class Staging:
     """An agent-owned, page-aligned buffer of `count` blocks and its per-block views (one job's bytes)."""
+
+    in_place = False
 
     def __init__(self, count: int, block_bytes: int, cache: StagingCache | None = None) -> None:
         self.nbytes = count * block_bytes

@@ -5,6 +5,7 @@ changes (a store's publish, a GC deletion) into events. See docs/events.md.
 """
 
 from tieredkv_agent.events.assemble import AgentEvents, EventsStartupError, block_events
+from tieredkv_agent.events.filter import EventFilter
 from tieredkv_agent.events.publisher import Change, KvEventPublisher, PublisherLimits, PublisherStats
 from tieredkv_agent.events.sources import BlockEvents, parse_block_path
 from tieredkv_agent.events.wire import pool_identity, topic_for
@@ -13,6 +14,7 @@ __all__ = [
     "AgentEvents",
     "BlockEvents",
     "Change",
+    "EventFilter",
     "EventsStartupError",
     "KvEventPublisher",
     "PublisherLimits",

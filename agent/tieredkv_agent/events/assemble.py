@@ -10,6 +10,7 @@ import zmq
 
 from tieredkv_agent.config import AgentSettings
 from tieredkv_agent.events.announce import WalkAnnouncer
+from tieredkv_agent.events.filter import EventFilter
 from tieredkv_agent.events.publisher import KvEventPublisher, PublisherLimits
 from tieredkv_agent.events.sources import BlockEvents
 from tieredkv_agent.events.summary import MembershipSummary
@@ -34,9 +35,14 @@ class AgentEvents:
     def start(self, is_leader: Callable[[], bool], *, native: bool) -> None:
         """Start the summary's walks, announcing what they find while `is_leader` (start-up thread)."""
         if self.summary is not None:
-            announcer = WalkAnnouncer(self.blocks, is_leader, announce_new=native)
-            self.summary.summary.on_walk = announcer
+            WalkAnnouncer(self.blocks, is_leader, announce_new=native).attach(self.summary.summary)
             self.summary.start()
+
+    def walk_now(self) -> None:
+        """Walk the volume at once (the elector's thread, on gaining GC leadership: its snapshot comes
+        now rather than an interval later)."""
+        if self.summary is not None:
+            self.summary.wake()
 
     def close(self) -> None:
         """Stop the summary, publish what is queued, close the sockets (main thread)."""
@@ -64,16 +70,23 @@ def block_events(settings: AgentSettings) -> AgentEvents | None:
         replay_max_bytes=settings.events_replay_bytes,
     )
     pub, replay = endpoints(settings)
+    identity = pool_identity(settings.cache_namespace, settings.cache_name)
+    event_filter = EventFilter.build(
+        identity, settings.events_kinds, settings.events_models, settings.events_groups
+    )
     try:
-        publisher = KvEventPublisher(pub, replay, limits)
+        publisher = KvEventPublisher(pub, replay, limits, event_filter)
     except zmq.ZMQError as exc:
         raise EventsStartupError(
             f"cannot bind the KV-events sockets {pub} / {replay}: {exc} "
             "(another agent on this host? set TIEREDKV_EVENTS_PORT and TIEREDKV_EVENTS_REPLAY_PORT)"
         ) from exc
-    identity = pool_identity(settings.cache_namespace, settings.cache_name)
     log.info(
-        "KV events for %s on %s, replay on %s", identity, publisher.endpoint, publisher.replay_endpoint or "-"
+        "KV events for %s on %s, replay on %s; publishing %s",
+        identity,
+        publisher.endpoint,
+        publisher.replay_endpoint or "-",
+        event_filter.describe(),
     )
     blocks = BlockEvents(publisher, identity)
     try:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import msgspec
 import zmq
 
+from tieredkv_agent.events.filter import EventFilter
 from tieredkv_agent.events.wire import (
     END_SEQ,
     MEDIUM_STORAGE,
@@ -70,6 +71,13 @@ class Change:
     ownership: str | None
     cleared: bool = False
 
+    @property
+    def kind(self) -> str:
+        """The vLLM event class this change becomes."""
+        if self.cleared:
+            return "AllBlocksCleared"
+        return "BlockRemoved" if self.removed else "BlockStored"
+
 
 @dataclass(frozen=True, slots=True)
 class PublisherStats:
@@ -83,15 +91,21 @@ class PublisherStats:
     replay_batches: int
     replay_bytes: int
     queued_events: int
+    filtered_events: int = 0
 
 
 class KvEventPublisher:
     """Publishes block changes in vLLM's KV-events format on `endpoint`, replays on `replay_endpoint`."""
 
     def __init__(
-        self, endpoint: str, replay_endpoint: str | None, limits: PublisherLimits | None = None
+        self,
+        endpoint: str,
+        replay_endpoint: str | None,
+        limits: PublisherLimits | None = None,
+        event_filter: EventFilter | None = None,
     ) -> None:
         self.limits = limits or PublisherLimits()
+        self.filter = event_filter or EventFilter()
         self._queue: queue.Queue[Change | None] = queue.Queue(maxsize=self.limits.max_queue_events)
         self._ring: deque[tuple[int, bytes, bytes]] = deque()
         self._ring_bytes = 0
@@ -116,7 +130,7 @@ class KvEventPublisher:
             raise
         self._next_seq = 0
         self._published_events = self._published_batches = self._dropped = 0
-        self._subscriptions = self._replays = 0
+        self._subscriptions = self._replays = self._filtered = 0
         self._drop_lock = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="tkv-events", daemon=True)
@@ -125,7 +139,10 @@ class KvEventPublisher:
     # -- producers (any thread) -------------------------------------------------------------------
 
     def publish(self, change: Change) -> bool:
-        """Queue one change; False (and counted as dropped) when the queue is full or closed. Never blocks."""
+        """Queue one change; False (and counted as dropped) when the queue is full or closed. Never blocks.
+        A change the filter leaves out is counted as filtered and True is returned (nothing went wrong)."""
+        if not self._admits(change):
+            return True
         if not self._stopping:
             try:
                 self._queue.put_nowait(change)
@@ -138,6 +155,8 @@ class KvEventPublisher:
 
     def publish_waiting(self, change: Change, timeout_s: float = 5.0) -> bool:
         """Queue one change, waiting up to `timeout_s` for room (a walk's thread, never an I/O thread)."""
+        if not self._admits(change):
+            return True
         if not self._stopping:
             try:
                 self._queue.put(change, timeout=timeout_s)
@@ -146,6 +165,15 @@ class KvEventPublisher:
                 pass
         with self._drop_lock:
             self._dropped += 1
+        return False
+
+    def _admits(self, change: Change) -> bool:
+        """The filter's verdict; a refused change is counted (producer threads)."""
+        group = None if change.cleared else change.group_idx
+        if self.filter.admits(change.topic, change.kind, group):
+            return True
+        with self._drop_lock:
+            self._filtered += 1
         return False
 
     # -- control (start-up thread) ----------------------------------------------------------------
@@ -168,7 +196,7 @@ class KvEventPublisher:
     def stats(self) -> PublisherStats:
         """A snapshot of the counters (metrics thread; plain reads of ints the events thread writes)."""
         with self._drop_lock:
-            dropped = self._dropped
+            dropped, filtered = self._dropped, self._filtered
         return PublisherStats(
             self._published_events,
             self._published_batches,
@@ -178,6 +206,7 @@ class KvEventPublisher:
             len(self._ring),
             self._ring_bytes,
             self._queue.qsize(),
+            filtered,
         )
 
     def _close_sockets(self) -> None:

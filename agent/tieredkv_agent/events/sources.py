@@ -112,8 +112,13 @@ class BlockEvents:
         return (self.root or Path()) / namespace
 
     def cleared(self, model: str) -> None:
-        """Everything of `model` announced before is gone (any thread)."""
-        self.publisher.publish(Change(topic_for(self.identity, model), True, b"", 0, None, cleared=True))
+        """Everything of `model` announced before is gone (the tkv-summary thread; waits for queue room)."""
+        change = Change(topic_for(self.identity, model), True, b"", 0, None, cleared=True)
+        self.publisher.publish_waiting(change)
+
+    def model_of(self, namespace: str) -> str:
+        """The model name of a namespace directory name (config.json's `model_name`; any thread)."""
+        return self._model(self._root_of(namespace))
 
     def _remember(self, name: str, model: str) -> None:
         with self._lock:

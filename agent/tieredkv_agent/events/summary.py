@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tieredkv_agent.store.naming import parse_namespace_dir
+from tieredkv_agent.store.naming import blocks_dir_name, parse_namespace_dir
 
 K = 4
 BITS_PER_BLOCK = 10
@@ -82,21 +82,35 @@ def walk_block_hashes(root: Path) -> Walked:
         parsed = parse_namespace_dir(blocks_dir.name)
         if parsed is None or parsed[1] != 0:  # vLLM's scheduler-side tiers write only rank 0
             continue
-        for prefix in _dirs(blocks_dir):
-            for leaf in _dirs(prefix):
-                group = leaf.name.partition("_g")[2]
-                if not group.isdigit():
-                    continue
-                hashes = out.setdefault((parsed[0], int(group)), [])
-                with os.scandir(leaf) as entries:
-                    for entry in entries:
-                        name = entry.name
-                        if name.endswith(".bin") and name.startswith(prefix.name):
-                            try:
-                                hashes.append(bytes.fromhex(name[:-4]))
-                            except ValueError:
-                                continue
+        _walk_blocks_dir(blocks_dir, parsed[0], out)
     return out
+
+
+def walk_namespace(root: Path, namespace: str) -> Walked:
+    """The same for one namespace directory name (its rank-0 blocks directory) only."""
+    out: Walked = {}
+    _walk_blocks_dir(root / blocks_dir_name(namespace), namespace, out)
+    return {key: hashes for key, hashes in out.items() if hashes}
+
+
+def _walk_blocks_dir(blocks_dir: Path, namespace: str, out: Walked) -> None:
+    for prefix in _dirs(blocks_dir):
+        for leaf in _dirs(prefix):
+            group = leaf.name.partition("_g")[2]
+            if not group.isdigit():
+                continue
+            hashes = out.setdefault((namespace, int(group)), [])
+            try:
+                with os.scandir(leaf) as entries:
+                    names = [entry.name for entry in entries]
+            except FileNotFoundError:  # GC removed the directory meanwhile
+                continue
+            for name in names:
+                if name.endswith(".bin") and name.startswith(prefix.name):
+                    try:
+                        hashes.append(bytes.fromhex(name[:-4]))
+                    except ValueError:
+                        continue
 
 
 def _dirs(path: Path) -> list[Path]:
@@ -118,6 +132,8 @@ class MembershipSummary:
         self.root = root
         self.on_walk: Callable[[Walked], None] | None = None
         """Hears every walk's result (the tkv-summary thread): the `announce.WalkAnnouncer`."""
+        self.before_walk: Callable[[], None] | None = None
+        """Called as each walk begins (the tkv-summary thread): `WalkAnnouncer.before_walk`."""
         self.version = 0
         self.generated_at = 0.0
         self.walk_seconds = 0.0
@@ -127,6 +143,8 @@ class MembershipSummary:
 
     def rebuild(self) -> None:
         """Walk the volume and replace every filter (the tkv-summary thread)."""
+        if self.before_walk is not None:
+            self.before_walk()
         started = time.monotonic()
         walked = walk_block_hashes(self.root)
         by_namespace: dict[str, list[list[bytes]]] = {}

@@ -62,6 +62,7 @@ class SummaryService:
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -73,19 +74,25 @@ class SummaryService:
         for thread in self._threads:
             thread.start()
 
+    def wake(self) -> None:
+        """Walk now instead of at the end of the interval (any thread)."""
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop both threads (main thread)."""
         self._stop.set()
+        self._wake.set()
         self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
             thread.join(5.0)
 
     def _walk(self) -> None:
-        """Rebuild at once, then every interval (the tkv-summary thread)."""
+        """Rebuild at once, then every interval or when woken (the tkv-summary thread)."""
         while not self._stop.is_set():
+            self._wake.clear()  # a wake-up during this walk is kept for the next
             try:
                 self.summary.rebuild()
             except Exception:
                 log.exception("rebuilding the membership summary failed (the next walk retries)")
-            self._stop.wait(self.interval_s)
+            self._wake.wait(self.interval_s)

@@ -7,15 +7,18 @@ only a per-thread bounce buffer).
 Store (first writer wins, never a partial file under the final name)::
 
     exists(dest)? -> ALREADY_PRESENT
-    open(dest_<rand63>[_w<writer tag>].tmp, O_CREAT|O_EXCL|O_WRONLY|O_TRUNC[|O_DIRECT])
-        ; write all ; [fdatasync] ; close
-    link(tmp, dest) ; unlink(tmp)   EEXIST -> ALREADY_PRESENT (another writer published it first)
+    open(dest_<63-bit number>[_w<writer tag>].tmp, O_CREAT|O_EXCL|O_WRONLY|O_TRUNC[|O_DIRECT])
+        ; [fchmod, only if the umask strips bits] ; write all ; [fdatasync] ; close
+    renameat2(tmp, dest, RENAME_NOREPLACE)   EEXIST -> unlink tmp, ALREADY_PRESENT (another writer won)
+      or, where the volume lacks it, link(tmp, dest) ; unlink(tmp)   (EEXIST likewise)
     any error -> unlink tmp, IO_ERROR(errno)
 
 vLLM publishes with rename(2), which silently replaces a file that another writer published between the
-existence check and the rename (same bytes, but a rewrite). link(2) is the atomic create-if-absent form of
-the same publish, so an existing block is never replaced; on a filesystem without hard links (EPERM,
-EOPNOTSUPP, EXDEV, EMLINK) the store falls back to vLLM's rename.
+existence check and the rename (same bytes, but a rewrite). renameat2(RENAME_NOREPLACE), or link(2), is the
+atomic create-if-absent form of the same publish, so an existing block is never replaced, in as many
+system calls as vLLM's rename; on a filesystem without hard links either (EPERM, EOPNOTSUPP, EXDEV, EMLINK)
+the store falls back to vLLM's rename. Per block, a store is five system calls (access, open, write,
+close, renameat2) and a load three (open, preadv, close): vLLM's own count.
 
 Load: open(O_RDONLY[|O_DIRECT]) and one preadv of exactly the block size into the caller's buffer.
 A file proven shorter than the block is deleted (SHORT_DELETED, never served); ENOENT and ESTALE (the
@@ -41,7 +44,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tieredkv_agent.store.modes import FILE_MODE, make_dirs
+from tieredkv_agent.store.modes import DIR_MODE, FILE_MODE, make_dirs
+from tieredkv_agent.store.syscalls import NOT_SUPPORTED, rename_noreplace, umask_keeps
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ DIRECT_ALIGNMENT = 4096
 """Address and length alignment used for O_DIRECT (covers 512 B and 4 KiB logical blocks)."""
 
 TEMP_SUFFIX = ".tmp"
+TEMP_NUMBER_MASK = (1 << 63) - 1
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
 """link(2) errors meaning "this filesystem has no hard links here", not "this store failed"."""
 """Temp files are `<final name>_<random 63-bit decimal>.tmp`, in the final file's directory."""
@@ -105,14 +110,17 @@ class FileOps:
     def rename(self, src: str, dst: str) -> None:
         Path(src).rename(dst)
 
+    def rename_noreplace(self, src: str, dst: str) -> None:
+        rename_noreplace(src, dst)
+
     def link(self, src: str, dst: str) -> None:
         os.link(src, dst)
 
     def unlink(self, path: str) -> None:
         Path(path).unlink()
 
-    def makedirs(self, path: str) -> None:
-        make_dirs(path)
+    def makedirs(self, path: str, *, chmod: bool = True) -> None:
+        make_dirs(path, chmod=chmod)
 
     def fchmod(self, fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
@@ -263,6 +271,10 @@ class BlockFiles:
         self.durability = durability
         self._ops = ops
         self._local = threading.local()
+        self._chmod = not umask_keeps(FILE_MODE | DIR_MODE)
+        """Set modes explicitly: the umask (read once, here; the agent never changes it) would strip bits."""
+        self._noreplace = True
+        """Publish with renameat2(RENAME_NOREPLACE) until the volume says it cannot (then link + unlink)."""
 
     @classmethod
     def for_volume(
@@ -286,7 +298,7 @@ class BlockFiles:
         ops = self._ops
         if ops.exists(path):
             return _ALREADY_PRESENT
-        tmp = f"{path}_{secrets.randbits(63)}{self._temp_suffix}"
+        tmp = f"{path}_{self._temp_number()}{self._temp_suffix}"
         try:
             self._write_temp(tmp, view)
         except OSError as exc:
@@ -294,9 +306,26 @@ class BlockFiles:
             return _store_failed(exc)
         return self._publish(tmp, path)
 
+    def _temp_number(self) -> int:
+        """A 63-bit number for a temp name: a random start per thread, then counting (I/O worker threads).
+
+        Unique per thread and, by its random start, across threads and hosts, at the cost of one counter
+        step instead of a call into the OS random source per block."""
+        local = self._local
+        number: int | None = getattr(local, "temp_number", None)
+        number = secrets.randbits(63) if number is None else (number + 1) & TEMP_NUMBER_MASK
+        local.temp_number = number
+        return number
+
     def _publish(self, tmp: str, path: str) -> StoreResult:
-        """Give the complete temp file its final name unless that name exists (I/O worker threads)."""
+        """Give the complete temp file its final name unless that name exists (I/O worker threads).
+
+        One renameat2(RENAME_NOREPLACE) where the volume supports it, else link + unlink."""
         ops = self._ops
+        if self._noreplace:
+            published = self._publish_noreplace(tmp, path)
+            if published is not None:
+                return published
         try:
             ops.link(tmp, path)
         except FileExistsError:
@@ -308,6 +337,22 @@ class BlockFiles:
                 return _store_failed(exc)
             return self._publish_by_rename(tmp, path)
         self._discard(tmp)
+        return _STORED
+
+    def _publish_noreplace(self, tmp: str, path: str) -> StoreResult | None:
+        """renameat2(RENAME_NOREPLACE); None (and link from now on) where the volume does not have it."""
+        try:
+            self._ops.rename_noreplace(tmp, path)
+        except FileExistsError:
+            self._discard(tmp)
+            return _ALREADY_PRESENT
+        except OSError as exc:
+            if exc.errno not in NOT_SUPPORTED:
+                self._discard(tmp)
+                return _store_failed(exc)
+            self._noreplace = False
+            log.info("renameat2(RENAME_NOREPLACE) unsupported here (%s): publishing by link", exc)
+            return None
         return _STORED
 
     def _publish_by_rename(self, tmp: str, path: str) -> StoreResult:
@@ -374,7 +419,8 @@ class BlockFiles:
                 time.sleep(CREATE_BACKOFF_S * 4 ** (attempt - 2))
             self._make_dirs(directory)
         try:
-            self._ops.fchmod(fd, FILE_MODE)  # the umask is not ours to trust
+            if self._chmod:  # the umask would strip bits of FILE_MODE
+                self._ops.fchmod(fd, FILE_MODE)
         except OSError:
             self._ops.close(fd)
             raise
@@ -384,7 +430,7 @@ class BlockFiles:
         """Create the block's directories. A failure that leaves the directory there after all was another
         client's mkdir racing this one (GlusterFS answers some such races with EIO): the next open decides."""
         try:
-            self._ops.makedirs(directory)
+            self._ops.makedirs(directory, chmod=self._chmod)
         except OSError as exc:
             if exc.errno not in _GONE and not self._ops.exists(directory):
                 raise

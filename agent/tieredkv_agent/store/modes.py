@@ -20,23 +20,30 @@ DIR_MODE = 0o755
 FILE_MODE = 0o644
 
 
-def make_dirs(path: str | os.PathLike[str]) -> None:
-    """Create `path` and missing parents, each new one with DIR_MODE exactly."""
+def make_dirs(path: str | os.PathLike[str], *, chmod: bool = True) -> None:
+    """Create `path` and missing parents, each new one with DIR_MODE exactly.
+
+    `chmod=False` when the caller knows the umask keeps DIR_MODE (`store.syscalls.umask_keeps`): mkdir's
+    mode is then exact already, and the chmod per directory is saved. The deepest directory is tried first
+    (one mkdir when only the leaf is missing, the common case for a new block; each stat saved is a round
+    trip on a network volume); a missing parent is made the same way, then the child again.
+    """
     target = Path(path)
-    missing: list[Path] = []
-    current = target
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for directory in reversed(missing):
+    try:
+        target.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return  # there already, or another writer created it meanwhile; its mode is its creator's
+    except FileNotFoundError:
+        if target.parent == target:
+            raise
+        make_dirs(target.parent, chmod=chmod)
         try:
-            directory.mkdir(mode=DIR_MODE)
+            target.mkdir(mode=DIR_MODE)
         except FileExistsError:
-            continue  # another writer created it meanwhile; its mode is its creator's
+            return
+    if chmod:
         with contextlib.suppress(OSError):
-            directory.chmod(DIR_MODE)
+            target.chmod(DIR_MODE)
 
 
 def set_file_mode(fd: int) -> None:

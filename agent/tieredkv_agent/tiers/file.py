@@ -36,6 +36,7 @@ from tieredkv_agent.store.blockio import (
     probe_o_direct,
 )
 from tieredkv_agent.store.naming import Namespace, RunConfig, ensure_namespace, namespace_for
+from tieredkv_agent.tiers.touches import TouchQueue
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,11 @@ class _BlockIO:
         timer: BlockTimer,
         on_no_space: Callable[[], None],
         on_block_file: BlockFileHook = _no_file_hook,
+        *,
+        touched: Callable[[str], object] = touch_on_hit,
     ) -> None:
         self._files = files
+        self._touched = touched
         self._on_block_file = on_block_file
         self._index = index
         self._timer = timer
@@ -154,7 +158,7 @@ class _BlockIO:
         loaded = self._files.load(path, view)
         if loaded.ok:
             self._index.add(state.namespace, (key,))
-            touch_on_hit(path)  # keeps GC's least-recently-used order true across nodes (throttled)
+            self._touched(path)  # keeps GC's least-recently-used order true across nodes (throttled)
         else:
             self._index.mark_missing(state.namespace, (key,))
             if loaded.status is LoadStatus.SHORT_DELETED:
@@ -168,6 +172,10 @@ class FileTier:
     """Block files on the shared volume, byte-compatible with vLLM's `fs` tier (registry type "file")."""
 
     tier_type: ClassVar[str] = "file"
+    kernel_only_views: ClassVar[bool] = True
+    """Job views reach only system calls (O_DIRECT or buffered write/preadv of whole, page-aligned blocks;
+    a bounce copy only for unaligned views): the socket server may hand it views of a client's mapped
+    region (`tieredkv_agent.engine.region`)."""
 
     def __init__(
         self,
@@ -217,16 +225,21 @@ class FileTier:
             clock=clock,
             background=background_index,
         )
+        self._touches = TouchQueue(touch_on_hit)
         try:
             self._admission = AdmissionFilter(threshold=store_threshold, max_tracker_size=max_tracker_size)
+            handler = _BlockIO(
+                self._files, self._index, block_timer, on_no_space, on_block_file, touched=self._touches.put
+            )
             self._pool = DualPriorityPool(
-                _BlockIO(self._files, self._index, block_timer, on_no_space, on_block_file),
+                handler,
                 read_threads=read_threads,
                 write_threads=write_threads,
                 max_store_backlog_bytes=max_store_backlog_bytes,
             )
         except ValueError:
             self._index.close()
+            self._touches.close(1.0)
             raise
         self._counts_lock = threading.Lock()
         self._known_present = 0
@@ -303,6 +316,7 @@ class FileTier:
         """Cancel queued blocks, wait up to the timeout for running ones, stop all threads (main thread)."""
         timeout = self._shutdown_timeout_s if timeout_s is None else timeout_s
         self._pool.shutdown(timeout)
+        self._touches.close(timeout)
         self._index.close()
 
     def stats(self) -> FileTierStats:

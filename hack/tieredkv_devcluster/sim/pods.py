@@ -20,17 +20,13 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tieredkv_devcluster.paths import StateLayout
+from tieredkv_devcluster.paths import REPO_ROOT, StateLayout
 from tieredkv_devcluster.sim import RUN_ANNOTATION, podexec, podstatus, volumes
 from tieredkv_devcluster.sim.csi import Kubelet, NodePaths
 from tieredkv_devcluster.sim.plan import Obj, PodDirs
 from tieredkv_devcluster.sim.supervisor import PodRunner, _now
 
 log = logging.getLogger("sim.pods")
-
-CODE_PATH_VARIABLE = "TIEREDKV_SIM_PYTHONPATH"
-"""When set (for the simulator), local pods' processes get it as PYTHONPATH: e.g. a git worktree's
-`agent:common` directories, to run that tree's agent rather than the one the venv has installed."""
 
 
 class ApiLookup:
@@ -184,14 +180,17 @@ class PodController:
         venv_bin = str(Path(sys.executable).parent)
         base_env = {
             "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+            # This checkout's code, not whichever one the shared venv's editable install points at (a
+            # container that sets PYTHONPATH itself, as injected vLLM pods do, replaces this).
+            "PYTHONPATH": os.pathsep.join(
+                str(REPO_ROOT / d) for d in ("operator", "agent", "common", "hack")
+            ),
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "HOSTNAME": pod["metadata"]["name"],
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.apiserver_port),
         }
-        if os.environ.get(CODE_PATH_VARIABLE):  # a container's own PYTHONPATH still wins
-            base_env["PYTHONPATH"] = os.environ[CODE_PATH_VARIABLE]
         dirs = PodDirs(pod_root=self.layout.pods / uid, node_root=self.layout.nodes / node / "hostpath")
         lookup = ApiLookup(self.api_factory())
         self._share_bidirectional(pod, dirs)

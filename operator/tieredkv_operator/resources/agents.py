@@ -71,12 +71,18 @@ def events_env(spec: TieredKVCacheSpec) -> dict[str, object]:
     events = spec.events
     if not events.enabled:
         return {}
-    return {
+    env: dict[str, object] = {
         "TIEREDKV_EVENTS_ENABLED": "true",
         "TIEREDKV_EVENTS_PORT": events.port,
         "TIEREDKV_EVENTS_REPLAY_PORT": events.replay_port,
         "TIEREDKV_EVENTS_SUMMARY_PORT": events.summary_port,
     }
+    chosen = events.filter.model_dump(exclude_defaults=True)  # a default filter renders nothing
+    for name, values in sorted(chosen.items()):
+        env[f"TIEREDKV_EVENTS_{name.upper()}"] = json.dumps(
+            [str(v) if name == "kinds" else v for v in values]
+        )
+    return env
 
 
 def events_ports(spec: TieredKVCacheSpec, *, service: bool = False) -> list[Manifest]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,7 +21,13 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from vllm.distributed.kv_events import MEDIUM_STORAGE, BlockRemoved, BlockStored, KVEventBatch
+from vllm.distributed.kv_events import (
+    MEDIUM_STORAGE,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KVEventBatch,
+)
 from vllm.v1.core import kv_cache_utils
 from vllm.v1.kv_offload.base import get_offload_block_hash
 
@@ -64,6 +71,7 @@ class View:
         self.seqs: list[int] = []
         self.replay = replay
         self.replays: list[tuple[int, int]] = []
+        self.clears = 0
 
     def take(self, topic: bytes, seq: bytes, payload: bytes) -> None:
         """A live message; on a gap, first what the replay socket kept before it (the documented rule: a
@@ -82,6 +90,10 @@ class View:
         assert topic.decode() == TOPIC
         self.seqs.append(int.from_bytes(seq, "big"))
         for event in self.decoder.decode(payload).events:
+            if isinstance(event, AllBlocksCleared):  # every block of this topic (one model) is gone
+                self.blocks.clear()
+                self.clears += 1
+                continue
             assert isinstance(event, BlockStored | BlockRemoved), event
             assert event.medium == MEDIUM_STORAGE
             blocks = {(event.ownership, h, event.group_idx) for h in event.block_hashes}
@@ -286,3 +298,35 @@ def test_across_an_agent_restart_a_connected_subscriber_stays_equal_and_a_late_o
         finally:
             sub.close(linger=0)
             restarted.stop()
+
+
+def test_a_wiped_volume_is_announced_as_all_blocks_cleared_and_the_view_follows_the_files_after_it(
+    events_agent: tuple[AgentProcess, str, str, str], engines: EngineFactory, cache: Cache
+) -> None:
+    _, endpoint, replay_endpoint, _ = events_agent
+    with zmq.Context() as ctx:
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(endpoint)
+        sub.setsockopt_string(zmq.SUBSCRIBE, "kv@pool:team/shared@")
+        time.sleep(0.5)
+        engine = engines("a")
+        engine.seed_hashes()
+        engine.wait_connected()
+        view = View(lambda start: replayed(ctx, replay_endpoint, start))
+        store_prompts(engine, 0, 4, sub, view)
+        receive_until_equal(sub, view, cache.volume)
+        assert view.blocks and view.clears == 0
+        for blocks_dir in cache.volume.glob("*_r0"):  # the volume reset under the running agent
+            shutil.rmtree(blocks_dir)
+        deadline = time.monotonic() + WAIT_S  # the next walk (every second here) finds the model empty
+        while view.clears == 0:
+            assert time.monotonic() < deadline, "no AllBlocksCleared"
+            if sub.poll(100):
+                view.take(*sub.recv_multipart())
+        assert view.blocks == block_files(cache.volume) == set()
+        store_prompts(engine, 100, 4, sub, view)
+        receive_until_equal(sub, view, cache.volume)
+        assert view.blocks and view.clears == 1
+        late = replay_all(ctx, replay_endpoint)  # the clear is in the ring too: a late view is exact
+        assert late.blocks == view.blocks == block_files(cache.volume)
+        sub.close(linger=0)
