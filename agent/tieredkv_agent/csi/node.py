@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -75,10 +73,9 @@ class Published:
 
 
 class Node(csi_pb2_grpc.NodeServicer):
-    def __init__(self, config: PluginConfig, on_publish: Callable[[str, float], None] | None = None) -> None:
+    def __init__(self, config: PluginConfig) -> None:
         self.config = config
         self.published = Published()
-        self._on_publish = on_publish
 
     def NodeGetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
         return csi_pb2.NodeGetInfoResponse(node_id=self.config.node_id)
@@ -87,7 +84,6 @@ class Node(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeGetCapabilitiesResponse()  # no staging, stats or expansion
 
     def NodePublishVolume(self, request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
         try:
             plan = check_publish(
                 volume_id=request.volume_id,
@@ -103,8 +99,6 @@ class Node(csi_pb2_grpc.NodeServicer):
         except RefusedError as exc:
             _abort(context, exc)
         log.info("published %s/%s to pod %s at %s", plan.namespace, plan.cache, plan.pod, plan.target)
-        if self._on_publish is not None:
-            self._on_publish(plan.target, time.perf_counter() - started)
         return csi_pb2.NodePublishVolumeResponse()
 
     def _bind(self, source: str, target: str) -> None:
