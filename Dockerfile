@@ -20,7 +20,7 @@ COPY operator/ operator/
 COPY agent/ agent/
 COPY common/ common/
 RUN pip install --only-binary=:all: --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
- && pip install '.[torch]' \
+ && pip install '.[torch,csi]' \
  && pip uninstall -y pip setuptools wheel
 
 # --- runtime: the virtualenv on a slim Python, as an unprivileged user ---

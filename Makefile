@@ -9,7 +9,7 @@ TIEREDKV_CACHE ?= $(HOME)/.cache/tieredkv
 export TIEREDKV_CACHE
 export PYTHONPATH := $(CURDIR)/hack
 
-.PHONY: help venv kube tools gluster test-gluster deps lint typecheck imports test-unit test-k8s test-gpu test-vllm vllm-env test \
+.PHONY: help venv kube tools gluster test-gluster deps protos lint typecheck imports test-unit test-k8s test-gpu test-vllm vllm-env test \
         cluster-up cluster-down cluster-status demo demo-down crds clean prometheus chart-crds chart-lint
 
 help:  ## this list
@@ -29,7 +29,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0  # first: see TORCH_INDEX
-	$(BIN)/pip install -q -e '.[dev,torch]'
+	$(BIN)/pip install -q -e '.[dev,torch,csi]'
 	touch $@
 
 venv: $(BIN)/.installed  ## the Python venv (.venv) with the project and its dev tools
@@ -44,6 +44,11 @@ tools: venv  ## helm and kubectl into the tools cache
 # the k8s tier and the demo start the server on loopback.
 prometheus:  ## Debian's prometheus and promtool binaries into the tools cache
 	bash hack/get-prometheus.sh
+
+# The agent's CSI and kubelet-registration gRPC code is generated from the vendored .proto files and committed
+# (agent/tieredkv_agent/csi/proto); a unit test regenerates it and fails on any difference.
+protos: venv  ## regenerate the agent's gRPC code from agent/tieredkv_agent/csi/proto/*.proto
+	$(BIN)/python -m tieredkv_devcluster.protos
 
 crds: venv  ## regenerate crds/ from the pydantic model, and the chart's copy
 	$(BIN)/python -m tieredkv_operator.crd > crds/tieredkv.io_tieredkvcaches.yaml

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "install-plugin", help="copy the vLLM tier plugin into DIR (for an init container)"
     )
     install.add_argument("dir", type=Path, help="directory to put on the vLLM container's PYTHONPATH")
+    sub.add_parser(
+        "csi",
+        help="serve the CSI node plugin that mounts caches' socket directories into pods (TIEREDKV_CSI_*)",
+    )
     return parser
 
 
@@ -70,8 +74,8 @@ def _settings_epilog() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "install-plugin":
-        return _install_plugin(args.dir)
+    if args.command in ("install-plugin", "csi"):  # neither reads AgentSettings
+        return _install_plugin(args.dir) if args.command == "install-plugin" else _csi()
     if args.config is not None:
         os.environ["TIEREDKV_CONFIG_FILE"] = str(args.config)
     from tieredkv_agent.config import AgentSettings
@@ -99,6 +103,23 @@ def _run(settings: AgentSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     service.serve(settings, stop)
+    return 0
+
+
+def _csi() -> int:
+    """The CSI node plugin process: its own settings (TIEREDKV_CSI_*), no store and no cache."""
+    from tieredkv_agent.csi.server import serve_csi
+    from tieredkv_agent.csi.settings import CsiSettings
+
+    try:
+        settings = CsiSettings()
+    except ValidationError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve_csi(settings, __version__, stop)
     return 0
 
 

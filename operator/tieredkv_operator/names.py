@@ -117,6 +117,10 @@ def gc_lease_name(cache: str) -> str:
     return child_name(cache, "gc")
 
 
+CSI_DRIVER = "socket.tieredkv.io"
+"""The chart's CSI driver that publishes a cache's socket directory into pods (agent socketVolume: csi)."""
+
+
 def socket_host_dir(socket_dir: str, namespace: str, cache: str) -> str:
     """Host directory shared by a cache's agent and its vLLM pods on one node."""
     return posixpath.join(socket_dir, f"{namespace}.{cache}")

@@ -25,6 +25,8 @@ PLURAL: Final = "tieredkvcaches"
 SINGULAR: Final = "tieredkvcache"
 SHORT_NAMES: Final = ("tkv",)
 
+DEFAULT_SOCKET_DIR: Final = "/var/run/tieredkv"
+"""Where agents put their sockets unless spec.agent.socketDir says otherwise (the CSI driver serves it)."""
 DEFAULT_MAX_BYTES_PERCENT: Final = 90
 """capacity.maxBytes, when unset, is this percentage of the volume's capacity."""
 MAX_HASH_SEED: Final = 4294967295
@@ -167,9 +169,13 @@ class AgentSpec(CamelModel):
     ram_tier_bytes: ByteCount = 0
     """Node RAM the agent keeps recently used blocks in (agent mode only); 0 disables the RAM tier."""
     socket_dir: str = Field(
-        default="/var/run/tieredkv", pattern=r"^/.*$", max_length=lim.MAX_SOCKET_PATH_BYTES
+        default=DEFAULT_SOCKET_DIR, pattern=r"^/.*$", max_length=lim.MAX_SOCKET_PATH_BYTES
     )
     """Host directory for the agent sockets; each cache uses <socketDir>/<namespace>.<name>/agent.sock."""
+    socket_volume: Literal["csi", "hostPath"] = "hostPath"
+    """How vLLM pods get the socket directory (agent mode only): `csi`, an inline ephemeral volume of the
+    chart's CSI driver (socket.tieredkv.io; allowed by Pod Security baseline and restricted; needs the chart's
+    csi.enabled and the default socketDir), or `hostPath`, which baseline forbids."""
     store_admission: StoreAdmission = StoreAdmission()
     """Admission filter for stores to the shared volume (agent mode only)."""
     on_profile_mismatch: Literal["reject", "warn"] = "reject"
@@ -195,6 +201,16 @@ class AgentSpec(CamelModel):
     def _valid_resources(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
         _raise_problems(api_rules.resource_requirements(value))
         return value
+
+    @model_validator(mode="after")
+    def _csi_serves_the_default_socket_dir(self) -> Self:
+        if self.socket_volume == "csi" and self.socket_dir != DEFAULT_SOCKET_DIR:
+            raise ValueError(
+                f"agent.socketVolume csi publishes sockets from {DEFAULT_SOCKET_DIR} only (the chart's CSI "
+                f"driver serves that directory); agent.socketDir is {self.socket_dir!r}: drop it or use "
+                "socketVolume: hostPath"
+            )
+        return self
 
     @field_validator("socket_dir")
     @classmethod

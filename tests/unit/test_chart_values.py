@@ -62,6 +62,7 @@ def test_free_form_values_are_string_maps_or_kubernetes_structures_only() -> Non
         "operator.securityContext",
         "operator.resources",
         "operator.affinity",
+        "csi.resources",
         "webhook.namespaceSelector",
     }
 

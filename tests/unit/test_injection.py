@@ -101,6 +101,14 @@ def test_an_agent_mode_pod_gets_seed_config_socket_plugin_and_shm() -> None:
             "image": PLUGIN_IMAGE,
             "command": ["tieredkv-agent", "install-plugin", "/opt/tieredkv/python"],
             "volumeMounts": [{"name": "tieredkv-plugin", "mountPath": "/opt/tieredkv/python"}],
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
         }
     ]
     assert result.pod["spec"]["containers"][0] == {"name": "sidecar", "image": "busybox"}

@@ -35,6 +35,8 @@ class Mount:
     source: str
     target: str
     read_only: bool = False
+    bidirectional: bool = False
+    """mountPropagation: Bidirectional: mounts the container makes below `target` reach the node."""
 
 
 @dataclass

@@ -8,6 +8,7 @@ short-lived thread so a long grace period stalls nobody else.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -20,7 +21,8 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from tieredkv_devcluster.paths import REPO_ROOT, StateLayout
-from tieredkv_devcluster.sim import RUN_ANNOTATION, podstatus
+from tieredkv_devcluster.sim import RUN_ANNOTATION, podexec, podstatus, volumes
+from tieredkv_devcluster.sim.csi import Kubelet, NodePaths
 from tieredkv_devcluster.sim.plan import Obj, PodDirs
 from tieredkv_devcluster.sim.supervisor import PodRunner, _now
 
@@ -57,6 +59,14 @@ class ApiLookup:
     def pv(self, name: str) -> Obj | None:
         return self._get(self.core.read_persistent_volume, name)
 
+    def csi_driver_modes(self, name: str) -> list[str] | None:
+        """The volumeLifecycleModes of CSIDriver `name` (None: no such object), as the kubelet reads them."""
+        obj = self._get(client.StorageV1Api(self.api).read_csi_driver, name)
+        if obj is None:
+            return None
+        modes: list[str] = (obj.get("spec") or {}).get("volumeLifecycleModes") or ["Persistent"]
+        return modes
+
 
 class PodController:
     def __init__(self, api_factory: Any, layout: StateLayout, nodes: list[str], apiserver_port: int) -> None:
@@ -71,6 +81,10 @@ class PodController:
         self.deleting: set[str] = set()
         self._lock = threading.Lock()
         self._ip_counter = 0
+        self.kubelets: dict[str, Kubelet] = {}
+        """Each node's CSI side (plugin registrations), made on the first pod there."""
+        self.shared: list[Path] = []
+        """hostPath directories made shared mounts for Bidirectional volumeMounts (undone in stop_all)."""
 
     # -- watch ------------------------------------------------------------------------------------
     def watch_loop(self, stop: threading.Event) -> None:
@@ -178,9 +192,32 @@ class PodController:
             "KUBERNETES_SERVICE_PORT": str(self.apiserver_port),
         }
         dirs = PodDirs(pod_root=self.layout.pods / uid, node_root=self.layout.nodes / node / "hostpath")
-        runner = PodRunner(pod, ApiLookup(self.api_factory()), dirs, base_env, lambda: self.queue.put(key))
+        lookup = ApiLookup(self.api_factory())
+        self._share_bidirectional(pod, dirs)
+        if node not in self.kubelets:
+            to_local = functools.partial(volumes.host_path_under, dirs.node_root)
+            self.kubelets[node] = Kubelet(node, NodePaths(to_local), lookup.csi_driver_modes)
+        runner = PodRunner(pod, lookup, dirs, base_env, lambda: self.queue.put(key), csi=self.kubelets[node])
         self.runners[uid] = runner
         runner.start()
+
+    def _share_bidirectional(self, pod: Obj, dirs: PodDirs) -> None:
+        """A Bidirectional volumeMount needs its hostPath on a shared mount, as a container runtime does."""
+        paths = {
+            v["name"]: volumes.host_path(dirs, v["hostPath"]["path"])
+            for v in pod["spec"].get("volumes") or []
+            if "hostPath" in v
+        }
+        for c in [*pod["spec"]["containers"], *(pod["spec"].get("initContainers") or [])]:
+            for vm in c.get("volumeMounts") or []:
+                path = paths.get(vm["name"])
+                if (
+                    vm.get("mountPropagation") == "Bidirectional"
+                    and path is not None
+                    and path not in self.shared
+                ):
+                    podexec.share_host_dir(path)
+                    self.shared.append(path)
 
     def _delete(self, core: client.CoreV1Api, key: str, pod: Obj) -> None:
         """Finish a deletion the way a kubelet does: stop containers, then remove the object."""
@@ -230,3 +267,8 @@ class PodController:
             t.start()
         for t in threads:
             t.join()
+        for kubelet in self.kubelets.values():
+            kubelet.close()
+        for path in reversed(self.shared):
+            podexec.unshare_host_dir(path)
+        self.shared = []

@@ -24,6 +24,7 @@ from typing import Any
 
 from tieredkv_devcluster import procs
 from tieredkv_devcluster.sim import volumes
+from tieredkv_devcluster.sim.csi import CsiError, Kubelet
 from tieredkv_devcluster.sim.plan import (
     ContainerPlan,
     Lookup,
@@ -56,10 +57,20 @@ class Container:
 
 class PodRunner(threading.Thread):
     def __init__(
-        self, pod: Obj, lookup: Lookup, dirs: PodDirs, base_env: dict[str, str], notify: Callable[[], None]
+        self,
+        pod: Obj,
+        lookup: Lookup,
+        dirs: PodDirs,
+        base_env: dict[str, str],
+        notify: Callable[[], None],
+        *,
+        csi: Kubelet | None = None,
     ) -> None:
         super().__init__(name=f"pod-{pod['metadata']['name']}", daemon=True)
         self.pod, self.lookup, self.dirs, self.base_env, self.notify = pod, lookup, dirs, base_env, notify
+        self.csi = csi
+        self.published: list[Obj] = []
+        """The pod's csi volumes published so far (unpublished when the runner ends)."""
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self.waiting: tuple[str, str] | None = ("ContainerCreating", "")
@@ -98,6 +109,33 @@ class PodRunner(threading.Thread):
                 target = path / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
+
+    def _publish_csi(self) -> None:
+        """NodePublishVolume for each inline csi volume not yet published (the kubelet's volume manager)."""
+        for vol in self.pod["spec"].get("volumes") or []:
+            if "csi" not in vol or vol in self.published:
+                continue
+            if self.csi is None:
+                raise PlanError("UnsupportedVolume", f"volume {vol['name']}: no CSI support on this node")
+            try:
+                self.csi.publish(self.pod, vol)
+            except CsiError as exc:
+                raise PlanError(
+                    "ContainerCreating", f"MountVolume.SetUp failed for volume {vol['name']}: {exc}"
+                ) from exc
+            self.published.append(vol)
+
+    def _unpublish_csi(self) -> None:
+        for vol in reversed(self.published):
+            try:
+                assert self.csi is not None
+                self.csi.unpublish(self.pod, vol)
+            except CsiError as exc:
+                self.waiting = (
+                    "SimulatorError",
+                    f"UnmountVolume.TearDown failed for volume {vol['name']}: {exc}",
+                )
+        self.published = []
 
     # -- processes --------------------------------------------------------------------------------
     def _start(self, c: Container) -> None:
@@ -147,6 +185,7 @@ class PodRunner(threading.Thread):
             self.notify()
         finally:
             self._kill_all(timeout=5)
+            self._unpublish_csi()
             self.stopped.set()
 
     def _run(self) -> None:
@@ -154,6 +193,7 @@ class PodRunner(threading.Thread):
         policy = spec.get("restartPolicy", "Always")
         while not self.stopping.is_set():
             try:
+                self._publish_csi()
                 self.init = self._plans(spec.get("initContainers") or [])
                 self.main = self._plans(spec["containers"])
                 break

@@ -5,7 +5,8 @@ PVC volumes resolve to their bound PV's directory: a hostPath PV's one local dir
 node: one machine, so RWX holds trivially), or for a `glusterfs` PV (`path: <volume>/<dir>`) that
 directory through the pod's node's own FUSE client, `<state>/nodes/<node>/gluster/<volume>/<dir>`;
 emptyDir, Secret, ConfigMap, downwardAPI and projected volumes get a per-pod directory whose file
-contents are returned for the caller to write.
+contents are returned for the caller to write; an inline `csi` volume is the node's kubelet path where its
+driver publishes it (the pod runner calls NodePublishVolume first).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
+from tieredkv_devcluster.sim.csi import target_path as csi_target_path
 from tieredkv_devcluster.sim.plan import Lookup, Mount, Obj, PlanError, PodDirs, field_ref, source_data
 
 _FILE_TYPES = {"File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"}
@@ -21,8 +23,13 @@ _FILE_TYPES = {"File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"}
 
 def host_path(dirs: PodDirs, path: str) -> Path:
     """Where hostPath `path` of this pod's node lives locally."""
+    return host_path_under(dirs.node_root, path)
+
+
+def host_path_under(node_root: Path, path: str) -> Path:
+    """Where the node path `path` lives locally, for the node whose root directory is `node_root`."""
     norm = posixpath.normpath("/" + path).lstrip("/")
-    return dirs.node_root / norm
+    return node_root / norm
 
 
 def _projected_files(pod: Obj, lookup: Lookup, sources: list[Obj]) -> dict[str, bytes]:
@@ -73,6 +80,9 @@ def volume_sources(pod: Obj, lookup: Lookup, dirs: PodDirs) -> dict[str, Path]:
         elif "downwardAPI" in vol:
             dirs.files[name] = _projected_files(pod, lookup, [{"downwardAPI": vol["downwardAPI"]}])
             out[name] = own
+        elif "csi" in vol:
+            # Published by the volume's CSI driver before the containers start (sim/csi.py).
+            out[name] = host_path(dirs, csi_target_path(pod["metadata"]["uid"], name))
         elif "projected" in vol:
             dirs.files[name] = _projected_files(pod, lookup, vol["projected"].get("sources") or [])
             out[name] = own
@@ -107,7 +117,13 @@ def gluster_path(node_dir: Path, volume_path: str) -> Path:
 
 
 def container_mounts(pod: Obj, container: Obj, sources: dict[str, Path]) -> list[Mount]:
-    """volumeMounts as bind mounts (subPath resolved inside the volume, never outside it)."""
+    """volumeMounts as bind mounts (subPath resolved inside the volume, never outside it).
+
+    A `csi` volume with `readOnly: true` is mounted read-only in every container whatever the volumeMount
+    says, as the kubelet does (its volume's mounter reports ReadOnly); a bind mount never inherits the
+    read-only flag of the driver's own mount, so this is what keeps the container from writing there.
+    """
+    forced_ro = {v["name"] for v in pod["spec"].get("volumes") or [] if (v.get("csi") or {}).get("readOnly")}
     mounts = []
     for vm in container.get("volumeMounts") or []:
         if vm["name"] not in sources:
@@ -119,7 +135,14 @@ def container_mounts(pod: Obj, container: Obj, sources: dict[str, Path]) -> list
             if norm.startswith("..") or norm.startswith("/"):
                 raise PlanError("CreateContainerConfigError", f"subPath {sub!r} leaves the volume")
             src = src / norm
-        mounts.append(Mount(source=str(src), target=vm["mountPath"], read_only=bool(vm.get("readOnly"))))
+        mounts.append(
+            Mount(
+                source=str(src),
+                target=vm["mountPath"],
+                read_only=bool(vm.get("readOnly")) or vm["name"] in forced_ro,
+                bidirectional=vm.get("mountPropagation") == "Bidirectional",
+            )
+        )
     return mounts
 
 

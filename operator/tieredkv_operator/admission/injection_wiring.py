@@ -44,6 +44,14 @@ PLUGIN_VOLUME: Final = "tieredkv-plugin"
 PLUGIN_INIT_CONTAINER: Final = "tieredkv-plugin"
 PLUGIN_DIR: Final = "/opt/tieredkv/python"
 SOCKET_VOLUME: Final = "tieredkv-socket"
+PLUGIN_INIT_SECURITY: Final[JsonDict] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 STORE_VOLUME: Final = "tieredkv-store"
 SHM_VOLUME: Final = "tieredkv-shm"
 SHM_PATH: Final = "/dev/shm"
@@ -151,7 +159,15 @@ def _wire_kv_transfer_config(container: JsonDict, cache: CacheView, config_via: 
 def _wire_socket(pod_spec: JsonDict, container: JsonDict, cache: CacheView) -> None:
     """Agent mode: the node agent's socket directory."""
     host_dir = names.socket_host_dir(cache.spec.agent.socket_dir, cache.namespace, cache.name)
-    socket = {"name": SOCKET_VOLUME, "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}
+    socket: JsonDict
+    if cache.spec.agent.socket_volume == "csi":
+        attributes = {"cache": cache.name}  # the driver pairs it with the pod's own namespace
+        socket = {
+            "name": SOCKET_VOLUME,
+            "csi": {"driver": names.CSI_DRIVER, "readOnly": True, "volumeAttributes": attributes},
+        }
+    else:
+        socket = {"name": SOCKET_VOLUME, "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}
     ensure_named(pod_spec, "volumes", socket, "volume")
     ensure_mount(container, {"name": SOCKET_VOLUME, "mountPath": host_dir})
 
@@ -171,6 +187,8 @@ def plugin_init_container(plugin_image: str) -> JsonDict:
         "image": plugin_image,
         "command": ["tieredkv-agent", "install-plugin", PLUGIN_DIR],
         "volumeMounts": [{"name": PLUGIN_VOLUME, "mountPath": PLUGIN_DIR}],
+        # Pod Security restricted: it only copies files into the emptyDir (docs/security.md).
+        "securityContext": PLUGIN_INIT_SECURITY,
     }
 
 
