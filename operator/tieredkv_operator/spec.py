@@ -162,10 +162,13 @@ class AgentSpec(CamelModel):
     """Pod tolerations (core/v1 Toleration objects), e.g. for tainted GPU nodes."""
     resources: dict[str, JsonValue] = Field(default_factory=dict)
     """Container resources (core/v1 ResourceRequirements) of the agent."""
-    read_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
-    """I/O threads that serve loads from the shared volume."""
-    write_threads: int = Field(default=4, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
-    """I/O threads that store blocks to the shared volume."""
+    volume_latency: Literal["local", "network"] = "local"
+    """What one file operation on the shared volume costs: `local` (a disk, microseconds) or `network`
+    (NFS, CephFS, GlusterFS: about a millisecond). Picks the agent's default I/O threads: 4 + 4 or 16 + 16."""
+    read_threads: int | None = Field(default=None, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
+    """I/O threads that serve loads from the shared volume; unset: by volumeLatency."""
+    write_threads: int | None = Field(default=None, ge=lim.MIN_THREADS, le=lim.MAX_THREADS)
+    """I/O threads that store blocks to the shared volume; unset: by volumeLatency."""
     ram_tier_bytes: ByteCount = 0
     """Node RAM the agent keeps recently used blocks in (agent mode only); 0 disables the RAM tier."""
     socket_dir: str = Field(

@@ -43,8 +43,7 @@ def agent_env(
         "TIEREDKV_ON_PROFILE_MISMATCH": spec.agent.on_profile_mismatch,
         "TIEREDKV_STORE_DIR": names.STORE_MOUNT_PATH,
         "TIEREDKV_SOCKET_DIR": names.socket_host_dir(agent.socket_dir, cache.namespace, cache.name),
-        "TIEREDKV_READ_THREADS": agent.read_threads,
-        "TIEREDKV_WRITE_THREADS": agent.write_threads,
+        "TIEREDKV_VOLUME_LATENCY": agent.volume_latency,
         "TIEREDKV_RAM_TIER_BYTES": agent.ram_tier_bytes,
         "TIEREDKV_STORE_ADMISSION_THRESHOLD": agent.store_admission.threshold,
         "TIEREDKV_STORE_ADMISSION_MAX_TRACKER_SIZE": agent.store_admission.max_tracker_size,
@@ -53,6 +52,10 @@ def agent_env(
         "TIEREDKV_GC_LEASE_NAME": names.gc_lease_name(cache.name),
         "TIEREDKV_METRICS_PORT": names.METRICS_PORT,
     }
+    if agent.read_threads is not None:
+        plain["TIEREDKV_READ_THREADS"] = agent.read_threads
+    if agent.write_threads is not None:
+        plain["TIEREDKV_WRITE_THREADS"] = agent.write_threads
     if max_bytes is not None:
         plain["TIEREDKV_MAX_BYTES"] = max_bytes
     plain.update(events_env(spec))
