@@ -63,9 +63,13 @@ def filesystem_type(path: Path) -> str:
     return fstype
 
 
-def create_tree(root: Path, count: int, seed: int) -> float:
-    """`count` block files under one namespace; returns the creation rate in files/s."""
+def create_tree(root: Path, count: int, seed: int, per_leaf: int = 0) -> float:
+    """`count` block files under one namespace; returns the creation rate in files/s.
+
+    With `per_leaf`, names share their first three bytes with `per_leaf - 1` others, so a leaf directory
+    holds about that many files: the density of a volume `per_leaf` times larger."""
     rng = random.Random(seed)
+    stems = [rng.randbytes(3) for _ in range(max(1, count // per_leaf))] if per_leaf else []
     blocks = root / "bench-model_0123456789ab_r0"
     (root / "bench-model_0123456789ab").mkdir()
     (root / "bench-model_0123456789ab" / "config.json").write_text('{"model_name": "bench-model"}')
@@ -73,7 +77,8 @@ def create_tree(root: Path, count: int, seed: int) -> float:
     made: set[str] = set()
     started = time.monotonic()
     for _ in range(count):
-        path = block_path(blocks, make_offload_key(rng.randbytes(32), 0))
+        name = rng.choice(stems) + rng.randbytes(29) if stems else rng.randbytes(32)
+        path = block_path(blocks, make_offload_key(name, 0))
         leaf = path.rpartition("/")[0]
         if leaf not in made:
             Path(leaf).mkdir(parents=True, exist_ok=True)
@@ -195,6 +200,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("bench/results/gc_scan.json"))
     parser.add_argument("--tree", type=Path, default=None, help="keep (and reuse) the tree here")
+    parser.add_argument("--files-per-leaf", type=int, default=0, help="leaf density (0: random names)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache scans")
     parser.add_argument("--memory-of", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,15 +216,16 @@ def main() -> None:
         root, create_rate = args.tree, None
         if not root.exists():
             root.mkdir(parents=True)
-            create_rate = create_tree(root, args.files, args.seed)
+            create_rate = create_tree(root, args.files, args.seed, args.files_per_leaf)
     else:
         root = Path(tempfile.mkdtemp(prefix="tieredkv-bench-gc-", dir=args.dir))
     try:
         if args.tree is None:
-            create_rate = create_tree(root, args.files, args.seed)
+            create_rate = create_tree(root, args.files, args.seed, args.files_per_leaf)
         result: dict[str, Any] = {
             "files": args.files,
             "file_sizes": "0-4096 B uniform",
+            "files_per_leaf": args.files_per_leaf or "random names",
             "filesystem": fstype,
             "cpus": os.cpu_count(),
             "reps": args.reps,

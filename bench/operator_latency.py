@@ -75,14 +75,28 @@ def paced_creates(api: client.ApiClient, ns: str, pods: list[dict[str, Any]], ra
     return lat
 
 
-def main() -> None:
+def profile_operator(out: Path) -> None:
+    """Load bench/operator_profile/sitecustomize.py into the operator (it inherits this environment)."""
+    here = Path(__file__).resolve().parent / "operator_profile"
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])
+    os.environ["TIEREDKV_BENCH_PROFILE_OUT"] = str(out)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--caches", type=int, default=5)
     parser.add_argument("--pods", type=int, default=250)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--profile", action="store_true", help="record the operator's request, stall and GC times (slower)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/operator_latency.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     load_before = os.getloadavg()
     state = Path(tempfile.mkdtemp(prefix="tieredkv-bench-op-"))
     cluster = controlplane.up(state, log=lambda _m: None)
@@ -98,6 +112,9 @@ def main() -> None:
         lambda: client.CoreV1Api(api).read_namespaced_service_account("default", ns).secrets, 30, "SA"
     )
     cert, key = pki.issue_serving_cert(cluster.layout.pki, "bench-webhook", ["127.0.0.1"])
+    profile_out = state / "operator-profile.json"
+    if args.profile:
+        profile_operator(profile_out)
     op = OperatorProcess(
         kube,
         ns,
@@ -141,6 +158,7 @@ def main() -> None:
         )
     finally:
         op.stop()
+        profile = json.loads(profile_out.read_text()) if profile_out.exists() else None
         controlplane.down(state, log=lambda _m: None)
         controlplane.remove_state(state)
     result = {
@@ -154,6 +172,7 @@ def main() -> None:
         "pod_create_ms_through_injection_webhook": summary_ms(webhook),
         "added_ms": {q: summary_ms(webhook)[q] - summary_ms(baseline)[q] for q in ("p50", "p99")},
         "rounds": per_round,
+        "operator_profile_ms": profile,
         "rate_per_s": args.rate,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
