@@ -7,6 +7,7 @@ import base64
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -74,9 +75,15 @@ def test_agents_serve_the_node_socket_and_accept_only_the_caches_seed(
         assert right in str(err.value) and "0" * 16 in str(err.value)
     # Each agent records the refused Hello in the cache's status; the operator turns it into SeedConsistent.
     caches.wait_condition(api, ns, "c", "SeedConsistent", "False", timeout=60)
-    cache = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c"
-    )
+
+    def both_reported() -> dict[str, Any] | None:
+        # The condition flips on the first node's report; the other node's may land a moment later.
+        body: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            caches.GROUP, caches.VERSION, ns, caches.PLURAL, "c"
+        )
+        return body if len(body["status"].get("profileMismatches") or {}) >= 2 else None
+
+    cache = testing.wait_for(both_reported, 60, "both nodes' refused-Hello reports in the status")
     reports = cache["status"]["profileMismatches"]
     assert set(reports) == {"tkv-node-1", "tkv-node-2"}
     assert all(
